@@ -1,0 +1,78 @@
+"""Small building blocks shared by the encoders, the fusion and the decoder."""
+import mindspore as ms
+import mindspore.nn as nn
+import mindspore.ops as ops
+
+
+def layer_norm(dim, eps=1e-5):
+    """LayerNorm over the last axis; parameters are `gamma` and `beta`."""
+    return nn.LayerNorm((dim,), epsilon=eps)
+
+
+class DropPath(nn.Cell):
+    """Stochastic depth: drops whole residual branches per sample. (B, ...) -> (B, ...)"""
+
+    def __init__(self, drop_prob=0.0):
+        super().__init__()
+        self.drop_prob = float(drop_prob)
+        self.dropout = nn.Dropout(p=self.drop_prob) if self.drop_prob > 0 else None
+
+    def construct(self, x):
+        if self.dropout is None or not self.training:
+            return x
+        keep_shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        # Dropout of a ones tensor gives the per-sample mask already scaled by 1/keep.
+        mask = self.dropout(ops.ones(keep_shape, x.dtype))
+        return x * mask
+
+
+class Mlp(nn.Cell):
+    """Dense -> GELU -> Dense. (..., in_dim) -> (..., out_dim)"""
+
+    def __init__(self, in_dim, hidden_dim, out_dim=None, drop=0.0):
+        super().__init__()
+        out_dim = out_dim or in_dim
+        self.fc1 = nn.Dense(in_dim, hidden_dim)
+        self.fc2 = nn.Dense(hidden_dim, out_dim)
+        self.drop = nn.Dropout(p=drop) if drop > 0 else nn.Identity()
+
+    def construct(self, x):
+        x = ops.gelu(self.fc1(x), approximate="none")
+        return self.fc2(self.drop(x))
+
+
+class MultiHeadAttention(nn.Cell):
+    """Multi-head attention with separate query / key-value inputs.
+
+    (B, Nq, q_dim), (B, Nk, kv_dim), (B, Nk) key mask -> (B, Nq, out_dim)
+    """
+
+    def __init__(self, q_dim, kv_dim, dim, num_heads, out_dim=None, dropout=0.0):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"attention width {dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.q_proj = nn.Dense(q_dim, dim)
+        self.k_proj = nn.Dense(kv_dim, dim)
+        self.v_proj = nn.Dense(kv_dim, dim)
+        self.out_proj = nn.Dense(dim, out_dim or dim)
+        self.attn_drop = nn.Dropout(p=dropout) if dropout > 0 else nn.Identity()
+
+    def _heads(self, x):
+        batch, length, _ = x.shape
+        return x.reshape(batch, length, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+
+    def construct(self, query, key, value, key_mask=None):
+        batch, length, _ = query.shape
+        q = self._heads(self.q_proj(query) * self.scale)
+        k = self._heads(self.k_proj(key))
+        v = self._heads(self.v_proj(value))
+        scores = ops.matmul(q, k.transpose(0, 1, 3, 2))
+        if key_mask is not None:
+            bias = (1.0 - key_mask.astype(scores.dtype)) * -10000.0
+            scores = scores + bias.reshape(batch, 1, 1, -1)
+        attn = self.attn_drop(ops.softmax(scores.astype(ms.float32), axis=-1).astype(v.dtype))
+        out = ops.matmul(attn, v).transpose(0, 2, 1, 3).reshape(batch, length, -1)
+        return self.out_proj(out)

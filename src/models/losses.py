@@ -1,0 +1,64 @@
+"""Segmentation (BCE + Dice) and auxiliary foreground/background contrastive losses."""
+import mindspore as ms
+import mindspore.nn as nn
+import mindspore.ops as ops
+
+NEG_INF = -1.0e4
+
+
+def bce_with_logits(logits, target):
+    """Mean binary cross-entropy on logits, numerically stable. (B, 1, S, S) x2 -> ()"""
+    loss = ops.relu(logits) - logits * target + ops.log1p(ops.exp(-ops.abs(logits)))
+    return loss.mean()
+
+
+def dice_loss(logits, target, smooth=1.0):
+    """1 - soft Dice per sample, averaged over the batch. (B, 1, S, S) x2 -> ()"""
+    prob = ops.sigmoid(logits).reshape(logits.shape[0], -1)
+    target = target.reshape(target.shape[0], -1)
+    inter = (prob * target).sum(axis=1)
+    dice = (2.0 * inter + smooth) / (prob.sum(axis=1) + target.sum(axis=1) + smooth)
+    return (1.0 - dice).mean()
+
+
+def foreground_contrast_loss(pixel_embed, anchor, fg_mask, temperature):
+    """InfoNCE with the sentence as anchor: each foreground pixel against all background pixels.
+
+    P (B, C, h, w), anchor (B, C), foreground (B, 1, h, w) in {0, 1} -> ()
+    """
+    batch, dim = pixel_embed.shape[0], pixel_embed.shape[1]
+    pixels = ops.L2Normalize(axis=1, epsilon=1e-6)(pixel_embed.reshape(batch, dim, -1))
+    anchor = ops.L2Normalize(axis=1, epsilon=1e-6)(anchor)
+    sims = (pixels * anchor[:, :, None]).sum(axis=1) / temperature
+    fg = fg_mask.reshape(batch, -1)
+    bg_sims = sims + fg * NEG_INF
+    bg_lse = ops.logsumexp(bg_sims, 1, True)
+    # -log(e^s / (e^s + sum_bg e^n)) = log(e^s + e^lse) - s
+    per_pixel = ops.logaddexp(sims, bg_lse) - sims
+    return (per_pixel * fg).sum() / ops.maximum(fg.sum(), 1.0)
+
+
+class CoupAlignWithLoss(nn.Cell):
+    """Training wrapper. image, ids, mask, gt (B, 1, S, S) -> total, (bce, dice, aux)"""
+
+    def __init__(self, network, config):
+        super().__init__()
+        self.network = network
+        self.bce_weight = config.loss_bce
+        self.dice_weight = config.loss_dice
+        self.aux_weight = config.loss_aux
+        self.temperature = config.aux_temperature
+        self.aux_proj = nn.Dense(config.decoder_dim, config.decoder_dim)
+
+    def construct(self, image, input_ids, attention_mask, gt_mask):
+        outputs = self.network.forward_all(image, input_ids, attention_mask)
+        sentence, pixel_embed, low_res_mask = outputs[2], outputs[5], outputs[-1]
+        logits = self.network.upsample(low_res_mask)
+        gt_mask = gt_mask.astype(logits.dtype)
+        bce = bce_with_logits(logits.astype(ms.float32), gt_mask.astype(ms.float32))
+        dice = dice_loss(logits.astype(ms.float32), gt_mask.astype(ms.float32))
+        small_gt = ops.interpolate(gt_mask, size=pixel_embed.shape[2:], mode="nearest")
+        aux = foreground_contrast_loss(pixel_embed.astype(ms.float32), self.aux_proj(sentence).astype(ms.float32),
+                                       small_gt.astype(ms.float32), self.temperature)
+        total = self.bce_weight * bce + self.dice_weight * dice + self.aux_weight * aux
+        return total, bce, dice, aux

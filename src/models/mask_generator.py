@@ -1,0 +1,127 @@
+"""Mask generator: FPN pixel decoder + query transformer decoder -> N mask embeddings and proposals."""
+import math
+
+import numpy as np
+
+import mindspore as ms
+import mindspore.nn as nn
+import mindspore.ops as ops
+from mindspore import Parameter, Tensor
+from mindspore.common.initializer import Normal, initializer
+
+from .layers import Mlp, MultiHeadAttention, layer_norm
+
+
+def sine_position_encoding(height, width, dim, temperature=10000.0):
+    """Fixed 2-D sine/cosine encoding, half the channels for y, half for x: (H*W, dim) float32."""
+    half = dim // 2
+    freqs = temperature ** (2 * (np.arange(half) // 2) / half)
+    ys = (np.arange(height, dtype=np.float64) + 0.5) / height * 2 * math.pi
+    xs = (np.arange(width, dtype=np.float64) + 0.5) / width * 2 * math.pi
+    pos_y = ys[:, None] / freqs
+    pos_x = xs[:, None] / freqs
+    pos_y = np.stack((np.sin(pos_y[:, 0::2]), np.cos(pos_y[:, 1::2])), axis=2).reshape(height, -1)
+    pos_x = np.stack((np.sin(pos_x[:, 0::2]), np.cos(pos_x[:, 1::2])), axis=2).reshape(width, -1)
+    grid = np.concatenate((np.repeat(pos_y[:, None], width, 1), np.repeat(pos_x[None], height, 0)), axis=2)
+    encoding = np.zeros((height, width, dim), np.float32)
+    encoding[:, :, :grid.shape[2]] = grid
+    return encoding.reshape(height * width, dim)
+
+
+class ConvNormAct(nn.Cell):
+    """Conv2d + GroupNorm (+ ReLU). (B, Cin, H, W) -> (B, Cout, H, W)"""
+
+    def __init__(self, in_dim, out_dim, kernel_size, groups, act=True):
+        super().__init__()
+        self.conv = nn.Conv2d(in_dim, out_dim, kernel_size, pad_mode="same", has_bias=False)
+        self.norm = nn.GroupNorm(groups, out_dim)
+        self.act = nn.ReLU() if act else nn.Identity()
+
+    def construct(self, x):
+        return self.act(self.norm(self.conv(x)))
+
+
+class PixelDecoder(nn.Cell):
+    """Top-down FPN over the fused stage maps.
+
+    4 maps (B, C_i, H_i, W_i) -> P (B, C, H_1, W_1), memory maps at 1/32, 1/16, 1/8 (B, C, H_j, W_j)
+    """
+
+    def __init__(self, in_dims, dim, groups):
+        super().__init__()
+        self.num_levels = len(in_dims)
+        self.lateral = nn.CellList([ConvNormAct(in_dim, dim, 1, groups, act=False) for in_dim in in_dims])
+        self.smooth = nn.CellList([ConvNormAct(dim, dim, 3, groups) for _ in in_dims])
+        self.mask_features = nn.Conv2d(dim, dim, 1, has_bias=True)
+
+    def construct(self, features):
+        top = self.num_levels - 1
+        y = self.smooth[top](self.lateral[top](features[top]))
+        memory = (y,)
+        for level in range(top - 1, -1, -1):
+            lateral = self.lateral[level](features[level])
+            y = lateral + ops.interpolate(y, size=lateral.shape[2:], mode="nearest")
+            y = self.smooth[level](y)
+            if level > 0:
+                memory = memory + (y,)
+        return self.mask_features(y), memory
+
+
+class QueryDecoderLayer(nn.Cell):
+    """Cross-attention to one memory scale, self-attention, FFN; post-norm. (B, N, C) -> (B, N, C)"""
+
+    def __init__(self, dim, num_heads, ffn_dim, dropout):
+        super().__init__()
+        self.cross_attn = MultiHeadAttention(dim, dim, dim, num_heads, dropout=dropout)
+        self.cross_norm = layer_norm(dim)
+        self.self_attn = MultiHeadAttention(dim, dim, dim, num_heads, dropout=dropout)
+        self.self_norm = layer_norm(dim)
+        self.ffn = Mlp(dim, ffn_dim, drop=dropout)
+        self.ffn_norm = layer_norm(dim)
+
+    def construct(self, queries, query_pos, memory, memory_pos):
+        attended = self.cross_attn(queries + query_pos, memory + memory_pos, memory)
+        queries = self.cross_norm(queries + attended)
+        with_pos = queries + query_pos
+        queries = self.self_norm(queries + self.self_attn(with_pos, with_pos, queries))
+        return self.ffn_norm(queries + self.ffn(queries))
+
+
+class MaskGenerator(nn.Cell):
+    """Fused maps -> mask embeddings Q_o (B, N, C), proposals Y_N (B, N, H_1, W_1), pixel embeddings P."""
+
+    def __init__(self, in_dims, resolutions, dim, num_queries, num_layers, num_heads, ffn_dim,
+                 groups, dropout=0.0):
+        super().__init__()
+        self.num_queries = num_queries
+        self.num_layers = num_layers
+        self.pixel_decoder = PixelDecoder(in_dims, dim, groups)
+        # Memory scales, coarsest first, as the pixel decoder returns them.
+        scales = [resolutions[level] for level in range(len(in_dims) - 1, 0, -1)]
+        self.num_scales = len(scales)
+        self.memory_pos = tuple(Tensor(sine_position_encoding(h, w, dim)[None]) for h, w in scales)
+        self.level_embed = Parameter(initializer(Normal(0.02), (self.num_scales, dim), ms.float32),
+                                     name="level_embed")
+        self.query_feat = Parameter(initializer(Normal(1.0), (num_queries, dim), ms.float32), name="query_feat")
+        self.query_pos = Parameter(initializer(Normal(1.0), (num_queries, dim), ms.float32), name="query_pos")
+        self.layers = nn.CellList([QueryDecoderLayer(dim, num_heads, ffn_dim, dropout) for _ in range(num_layers)])
+        self.norm = layer_norm(dim)
+        self.mask_embed = nn.SequentialCell([nn.Dense(dim, dim), nn.ReLU(), nn.Dense(dim, dim), nn.ReLU(),
+                                             nn.Dense(dim, dim)])
+
+    def construct(self, features):
+        pixel_embed, memory_maps = self.pixel_decoder(features)
+        batch, dim = pixel_embed.shape[0], pixel_embed.shape[1]
+        memory = ()
+        for index in range(self.num_scales):
+            flat = memory_maps[index].reshape(batch, dim, -1).transpose(0, 2, 1)
+            memory = memory + (flat + self.level_embed[index],)
+        queries = ops.broadcast_to(self.query_feat[None], (batch, self.num_queries, dim))
+        query_pos = ops.broadcast_to(self.query_pos[None], (batch, self.num_queries, dim))
+        for index in range(self.num_layers):
+            scale = index % self.num_scales
+            queries = self.layers[index](queries, query_pos, memory[scale], self.memory_pos[scale])
+        mask_queries = self.norm(queries)
+        height, width = pixel_embed.shape[2], pixel_embed.shape[3]
+        proposals = ops.matmul(self.mask_embed(mask_queries), pixel_embed.reshape(batch, dim, height * width))
+        return mask_queries, proposals.reshape(batch, self.num_queries, height, width), pixel_embed

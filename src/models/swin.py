@@ -1,0 +1,262 @@
+"""Swin Transformer image encoder returning the four stage outputs before patch merging.
+
+Parameter names follow the official Swin release (patch_embed.proj, layers.{i}.blocks.{j}.attn.qkv,
+...), with MindSpore's LayerNorm `gamma`/`beta` in place of `weight`/`bias`.
+"""
+import math
+
+import numpy as np
+
+import mindspore as ms
+import mindspore.nn as nn
+import mindspore.ops as ops
+from mindspore import Parameter, Tensor
+from mindspore.common.initializer import TruncatedNormal, initializer
+
+from .layers import DropPath, Mlp, layer_norm
+
+MASK_VALUE = -100.0
+
+
+def relative_position_index(window_size):
+    """Index into the ((2w-1)^2, heads) bias table for every (query, key) pair: (w*w*w*w,) int32."""
+    coords = np.stack(np.meshgrid(np.arange(window_size), np.arange(window_size), indexing="ij"))
+    coords = coords.reshape(2, -1)
+    relative = coords[:, :, None] - coords[:, None, :]
+    relative = relative.transpose(1, 2, 0) + (window_size - 1)
+    index = relative[:, :, 0] * (2 * window_size - 1) + relative[:, :, 1]
+    return index.reshape(-1).astype(np.int32)
+
+
+def shifted_window_mask(height, width, window_size, shift_size):
+    """Additive mask keeping attention inside each region of a cyclically shifted map: (nW, N, N)."""
+    region = np.zeros((height, width), np.int32)
+    bounds = ((0, -window_size), (-window_size, -shift_size), (-shift_size, None))
+    label = 0
+    for rows in bounds:
+        for cols in bounds:
+            region[slice(*rows), slice(*cols)] = label
+            label += 1
+    windows = region.reshape(height // window_size, window_size, width // window_size, window_size)
+    windows = windows.transpose(0, 2, 1, 3).reshape(-1, window_size * window_size)
+    differs = windows[:, :, None] != windows[:, None, :]
+    return np.where(differs, MASK_VALUE, 0.0).astype(np.float32)
+
+
+class WindowAttention(nn.Cell):
+    """Multi-head self-attention inside windows with relative position bias.
+
+    (B*nW, N, C) [+ mask (nW, N, N)] -> (B*nW, N, C)
+    """
+
+    def __init__(self, dim, window_size, num_heads):
+        super().__init__()
+        self.dim = dim
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.tokens = window_size * window_size
+        self.relative_position_bias_table = Parameter(
+            initializer(TruncatedNormal(0.02), ((2 * window_size - 1) ** 2, num_heads), ms.float32),
+            name="relative_position_bias_table")
+        self.position_index = Tensor(relative_position_index(window_size))
+        self.qkv = nn.Dense(dim, 3 * dim)
+        self.proj = nn.Dense(dim, dim)
+
+    def position_bias(self):
+        """(heads, N, N) bias gathered from the table."""
+        bias = ops.gather(self.relative_position_bias_table, self.position_index, 0)
+        return bias.reshape(self.tokens, self.tokens, self.num_heads).transpose(2, 0, 1)
+
+    def construct(self, x, mask=None):
+        windows, tokens, _ = x.shape
+        qkv = self.qkv(x).reshape(windows, tokens, 3, self.num_heads, self.head_dim)
+        qkv = qkv.transpose(2, 0, 3, 1, 4)
+        q, k, v = qkv[0] * self.scale, qkv[1], qkv[2]
+        scores = ops.matmul(q, k.transpose(0, 1, 3, 2)) + self.position_bias().astype(q.dtype)
+        if mask is not None:
+            num_windows = mask.shape[0]
+            scores = scores.reshape(-1, num_windows, self.num_heads, tokens, tokens)
+            scores = scores + mask.reshape(1, num_windows, 1, tokens, tokens).astype(scores.dtype)
+            scores = scores.reshape(windows, self.num_heads, tokens, tokens)
+        attn = ops.softmax(scores.astype(ms.float32), axis=-1).astype(v.dtype)
+        out = ops.matmul(attn, v).transpose(0, 2, 1, 3).reshape(windows, tokens, self.dim)
+        return self.proj(out)
+
+
+def _roll_2d(x, shift):
+    """Cyclic shift of (B, H, W, C) by `shift` rows and columns (negative = towards the origin)."""
+    if shift == 0:
+        return x
+    height, width = x.shape[1], x.shape[2]
+    row_cut = shift % height
+    col_cut = shift % width
+    x = ops.concat((x[:, height - row_cut:], x[:, :height - row_cut]), axis=1)
+    return ops.concat((x[:, :, width - col_cut:], x[:, :, :width - col_cut]), axis=2)
+
+
+class SwinBlock(nn.Cell):
+    """(Shifted) window attention + MLP, each pre-normed and residual. (B, H*W, C) -> (B, H*W, C)"""
+
+    def __init__(self, dim, resolution, num_heads, window_size, shift_size, mlp_ratio, drop_path):
+        super().__init__()
+        height, width = resolution
+        if min(height, width) <= window_size:
+            window_size, shift_size = min(height, width), 0
+        self.height, self.width = height, width
+        self.window_size = window_size
+        self.shift_size = shift_size
+        self.padded_height = int(math.ceil(height / window_size)) * window_size
+        self.padded_width = int(math.ceil(width / window_size)) * window_size
+        self.norm1 = layer_norm(dim)
+        self.attn = WindowAttention(dim, window_size, num_heads)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = layer_norm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.attn_mask = None
+        if shift_size > 0:
+            self.attn_mask = Tensor(shifted_window_mask(
+                self.padded_height, self.padded_width, window_size, shift_size))
+
+    def _partition(self, x):
+        """(B, Hp, Wp, C) -> (B*nW, ws*ws, C)"""
+        batch, _, _, channels = x.shape
+        ws = self.window_size
+        x = x.reshape(batch, self.padded_height // ws, ws, self.padded_width // ws, ws, channels)
+        return x.transpose(0, 1, 3, 2, 4, 5).reshape(-1, ws * ws, channels)
+
+    def _merge(self, windows, batch):
+        """(B*nW, ws*ws, C) -> (B, Hp, Wp, C)"""
+        ws = self.window_size
+        channels = windows.shape[-1]
+        x = windows.reshape(batch, self.padded_height // ws, self.padded_width // ws, ws, ws, channels)
+        return x.transpose(0, 1, 3, 2, 4, 5).reshape(batch, self.padded_height, self.padded_width, channels)
+
+    def _attention(self, x):
+        batch, _, channels = x.shape
+        x = x.reshape(batch, self.height, self.width, channels)
+        pad_h = self.padded_height - self.height
+        pad_w = self.padded_width - self.width
+        if pad_h > 0 or pad_w > 0:
+            x = ops.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+        x = _roll_2d(x, -self.shift_size)
+        x = self._merge(self.attn(self._partition(x), self.attn_mask), batch)
+        x = _roll_2d(x, self.shift_size)
+        if pad_h > 0 or pad_w > 0:
+            x = x[:, :self.height, :self.width]
+        return x.reshape(batch, self.height * self.width, channels)
+
+    def construct(self, x):
+        x = x + self.drop_path(self._attention(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class PatchMerging(nn.Cell):
+    """2x2 neighbourhood concat + linear reduction. (B, H*W, C) -> (B, H/2*W/2, 2C)"""
+
+    def __init__(self, resolution, dim):
+        super().__init__()
+        self.height, self.width = resolution
+        self.norm = layer_norm(4 * dim)
+        self.reduction = nn.Dense(4 * dim, 2 * dim, has_bias=False)
+
+    def construct(self, x):
+        batch, _, channels = x.shape
+        x = x.reshape(batch, self.height, self.width, channels)
+        if self.height % 2 or self.width % 2:
+            x = ops.pad(x, (0, 0, 0, self.width % 2, 0, self.height % 2))
+        height, width = x.shape[1] // 2, x.shape[2] // 2
+        # (row, col) parity order (0,0), (1,0), (0,1), (1,1), as the official concat of strided slices.
+        x = x.reshape(batch, height, 2, width, 2, channels).transpose(0, 1, 3, 4, 2, 5)
+        x = x.reshape(batch, height * width, 4 * channels)
+        return self.reduction(self.norm(x))
+
+
+class SwinStage(nn.Cell):
+    """Blocks of one stage, then optional patch merging (kept separate for stage-wise fusion)."""
+
+    def __init__(self, dim, resolution, depth, num_heads, window_size, mlp_ratio, drop_paths, merge):
+        super().__init__()
+        self.blocks = nn.CellList([
+            SwinBlock(dim, resolution, num_heads, window_size,
+                      0 if index % 2 == 0 else window_size // 2, mlp_ratio, drop_paths[index])
+            for index in range(depth)])
+        self.downsample = PatchMerging(resolution, dim) if merge else None
+
+    def forward_blocks(self, x):
+        """(B, H*W, C) -> (B, H*W, C)"""
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+    def forward_downsample(self, x):
+        """(B, H*W, C) -> (B, H/2*W/2, 2C); identity on the last stage."""
+        if self.downsample is None:
+            return x
+        return self.downsample(x)
+
+
+class PatchEmbed(nn.Cell):
+    """Non-overlapping patch projection + LayerNorm. (B, 3, H, W) -> (B, H/p*W/p, C)"""
+
+    def __init__(self, patch_size, in_chans, embed_dim):
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size, pad_mode="valid",
+                              has_bias=True)
+        self.norm = layer_norm(embed_dim)
+
+    def construct(self, image):
+        x = self.proj(image)
+        batch, channels = x.shape[0], x.shape[1]
+        x = x.reshape(batch, channels, -1).transpose(0, 2, 1)
+        return self.norm(x)
+
+
+class SwinTransformer(nn.Cell):
+    """Swin backbone. (B, 3, S, S) -> 4 maps (B, C_i, S/(p*2^i), S/(p*2^i)), C_i = embed_dim*2^i"""
+
+    def __init__(self, img_size=224, patch_size=4, in_chans=3, embed_dim=96, depths=(2, 2, 6, 2),
+                 num_heads=(3, 6, 12, 24), window_size=7, mlp_ratio=4.0, drop_path_rate=0.0):
+        super().__init__()
+        if img_size % patch_size:
+            raise ValueError(f"image size {img_size} is not a multiple of the patch size {patch_size}")
+        if len(depths) != len(num_heads):
+            raise ValueError(f"depths {depths} and num_heads {num_heads} differ in length")
+        self.num_stages = len(depths)
+        self.dims = [embed_dim * 2 ** index for index in range(self.num_stages)]
+        grid = img_size // patch_size
+        self.resolutions = []
+        for _ in range(self.num_stages):
+            self.resolutions.append((grid, grid))
+            grid = (grid + 1) // 2
+        rates = np.linspace(0, drop_path_rate, sum(depths)).tolist()
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        stages = []
+        for index, depth in enumerate(depths):
+            start = sum(depths[:index])
+            stages.append(SwinStage(self.dims[index], self.resolutions[index], depth, num_heads[index],
+                                    window_size, mlp_ratio, rates[start:start + depth],
+                                    merge=index < self.num_stages - 1))
+        self.layers = nn.CellList(stages)
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(img_size=config.image_size, patch_size=config.swin_patch_size,
+                   embed_dim=config.swin_embed_dim, depths=tuple(config.swin_depths),
+                   num_heads=tuple(config.swin_num_heads), window_size=config.swin_window_size,
+                   mlp_ratio=config.swin_mlp_ratio, drop_path_rate=config.swin_drop_path_rate)
+
+    def to_map(self, x, stage):
+        """(B, H*W, C) tokens of `stage` -> (B, C, H, W)"""
+        height, width = self.resolutions[stage]
+        return x.transpose(0, 2, 1).reshape(x.shape[0], x.shape[2], height, width)
+
+    def construct(self, image):
+        x = self.patch_embed(image)
+        outputs = ()
+        for index in range(self.num_stages):
+            stage = self.layers[index]
+            x = stage.forward_blocks(x)
+            outputs = outputs + (self.to_map(x, index),)
+            x = stage.forward_downsample(x)
+        return outputs

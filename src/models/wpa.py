@@ -1,0 +1,72 @@
+"""Word-Pixel Alignment: bidirectional fusion of pixel and word features at one encoder stage."""
+import mindspore.nn as nn
+import mindspore.ops as ops
+from mindspore.common.initializer import Zero
+
+from .layers import MultiHeadAttention, layer_norm
+
+
+class TanhGate(nn.Cell):
+    """Per-channel gate in (-1, 1); its last layer starts at zero so the gate starts closed. (..., C) -> (..., C)"""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.fc1 = nn.Dense(dim, dim)
+        self.fc2 = nn.Dense(dim, dim, weight_init=Zero(), bias_init=Zero())
+
+    def construct(self, x):
+        return ops.tanh(self.fc2(ops.relu(self.fc1(x))))
+
+
+class PixelWordAttention(nn.Cell):
+    """Language to vision: pixels query the words; the attended language multiplies the pixels.
+
+    (B, HW, Cv), (B, T, Cl), (B, T) -> F (B, HW, Cv)
+    """
+
+    def __init__(self, vis_dim, lang_dim, num_heads, dropout=0.0):
+        super().__init__()
+        self.vis_proj = nn.Dense(vis_dim, vis_dim)
+        self.attn = MultiHeadAttention(vis_dim, lang_dim, vis_dim, num_heads, dropout=dropout)
+        self.fuse_proj = nn.Dense(vis_dim, vis_dim)
+
+    def construct(self, pixels, words, word_mask):
+        vis = ops.gelu(self.vis_proj(pixels), approximate="none")
+        lang = self.attn(pixels, words, words, word_mask)
+        return ops.gelu(self.fuse_proj(vis * lang), approximate="none")
+
+
+class WordPixelAttention(nn.Cell):
+    """Vision to language: words query the pixels (projected to the word width), then LayerNorm.
+
+    (B, T, Cl), (B, HW, Cv) -> G (B, T, Cl)
+    """
+
+    def __init__(self, lang_dim, vis_dim, num_heads, dropout=0.0):
+        super().__init__()
+        self.attn = MultiHeadAttention(lang_dim, vis_dim, lang_dim, num_heads, dropout=dropout)
+        self.norm = layer_norm(lang_dim)
+
+    def construct(self, words, pixels):
+        return self.norm(self.attn(words, pixels, pixels))
+
+
+class WordPixelAlignment(nn.Cell):
+    """Gated bidirectional fusion at one stage.
+
+    V (B, HW, Cv), L (B, T, Cl), mask (B, T) -> V' (B, HW, Cv), L' (B, T, Cl), S = F (B, HW, Cv)
+    """
+
+    def __init__(self, vis_dim, lang_dim, num_heads=1, dropout=0.0):
+        super().__init__()
+        self.lang_to_vis = PixelWordAttention(vis_dim, lang_dim, num_heads, dropout)
+        self.vis_to_lang = WordPixelAttention(lang_dim, vis_dim, num_heads, dropout)
+        self.vis_gate = TanhGate(vis_dim)
+        self.lang_gate = TanhGate(lang_dim)
+
+    def construct(self, pixels, words, word_mask):
+        fused_pixels = self.lang_to_vis(pixels, words, word_mask)
+        fused_words = self.vis_to_lang(words, pixels)
+        pixels = pixels + self.vis_gate(fused_pixels) * fused_pixels
+        words = words + self.lang_gate(fused_words) * fused_words
+        return pixels, words, fused_pixels

@@ -1,0 +1,49 @@
+"""One optimiser step: gradients, optional data-parallel all-reduce, loss scaling and global-norm clipping."""
+import mindspore as ms
+import mindspore.nn as nn
+import mindspore.ops as ops
+
+
+class ScaledLoss(nn.Cell):
+    """Multiplies the first output of a loss network by a static loss scale."""
+
+    def __init__(self, network, scale):
+        super().__init__(auto_prefix=False)
+        self.network = network
+        self.scale = float(scale)
+
+    def construct(self, *inputs):
+        outputs = self.network(*inputs)
+        return (outputs[0] * self.scale,) + outputs[1:]
+
+
+class TrainStep(nn.Cell):
+    """inputs -> (total loss, *loss parts, grad norm, overflow flag); updates the weights.
+
+    With `loss_scale` > 1 (GPU/Ascend float16), an update whose gradients are not finite is skipped.
+    """
+
+    def __init__(self, network_with_loss, optimizer, clip_norm=1.0, loss_scale=1.0, grad_reducer=None):
+        super().__init__(auto_prefix=False)
+        self.network = network_with_loss
+        self.optimizer = optimizer
+        self.weights = optimizer.parameters
+        self.loss_scale = float(loss_scale)
+        scaled = ScaledLoss(network_with_loss, loss_scale) if self.loss_scale != 1.0 else network_with_loss
+        self.grad_fn = ops.value_and_grad(scaled, None, self.weights, has_aux=True)
+        self.clip_norm = float(clip_norm)
+        self.grad_reducer = grad_reducer if grad_reducer is not None else ops.identity
+
+    def construct(self, *inputs):
+        outputs, grads = self.grad_fn(*inputs)
+        grads = self.grad_reducer(grads)
+        if self.loss_scale != 1.0:
+            grads = ops.HyperMap()(ops.partial(ops.mul, 1.0 / self.loss_scale), grads)
+        finite = ms.amp.all_finite(grads)
+        grad_norm = ops.stack([ops.norm(grad.astype(ms.float32)) for grad in grads]).norm()
+        if self.clip_norm > 0:
+            grads = ops.clip_by_global_norm(grads, self.clip_norm)
+        if finite:
+            self.optimizer(grads)
+        total = outputs[0] / self.loss_scale
+        return (total,) + outputs[1:] + (grad_norm, ops.logical_not(finite))

@@ -1,0 +1,168 @@
+"""CoupAlign at the tiny config: shapes, graph compilation, zero gates, a short training run."""
+import numpy as np
+import pytest
+
+import mindspore as ms
+import mindspore.nn as nn
+
+from src.models.bert import BertModel
+from src.models.coupalign import CoupAlign
+from src.models.losses import CoupAlignWithLoss, bce_with_logits, dice_loss, foreground_contrast_loss
+from src.models.swin import SwinBlock, relative_position_index, shifted_window_mask
+from src.train_step import TrainStep
+
+
+def make_batch(config, batch=2, seed=0):
+    rng = np.random.default_rng(seed)
+    size, tokens = config.image_size, config.max_tokens
+    image = rng.standard_normal((batch, 3, size, size)).astype(np.float32)
+    input_ids = rng.integers(5, config.vocab_size, (batch, tokens)).astype(np.int32)
+    attention_mask = np.ones((batch, tokens), np.int32)
+    attention_mask[-1, tokens // 2:] = 0
+    input_ids[attention_mask == 0] = 0
+    gt = np.zeros((batch, 1, size, size), np.float32)
+    for index in range(batch):
+        top, left = rng.integers(0, size // 2, 2)
+        gt[index, 0, top:top + size // 2, left:left + size // 3] = 1
+    return [ms.Tensor(array) for array in (image, input_ids, attention_mask, gt)]
+
+
+class AllOutputs(nn.Cell):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def construct(self, image, input_ids, attention_mask):
+        outputs = self.net.forward_all(image, input_ids, attention_mask)
+        return outputs + (self.net.upsample(outputs[-1]),)
+
+
+class LanguagePath(nn.Cell):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def construct(self, image, input_ids, attention_mask):
+        return self.net.encode(image, input_ids, attention_mask)[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_net(tiny_config):
+    ms.set_seed(1)
+    net = CoupAlign(tiny_config)
+    net.set_train(False)
+    return net
+
+
+def test_every_output_has_its_shape_and_is_finite(tiny_config, tiny_net):
+    image, input_ids, attention_mask, _ = make_batch(tiny_config)
+    outputs = AllOutputs(tiny_net)(image, input_ids, attention_mask)
+    fused, words, sentence, queries, proposals, pixel_embed, weights, low_res, logits = outputs
+    size, batch, dim = tiny_config.image_size, 2, tiny_config.decoder_dim
+    grid = size // tiny_config.swin_patch_size
+    for stage, fused_map in enumerate(fused):
+        side = grid // 2 ** stage
+        assert fused_map.shape == (batch, tiny_config.swin_embed_dim * 2 ** stage, side, side)
+    assert words.shape == (batch, tiny_config.max_tokens, tiny_config.bert_hidden_size)
+    assert sentence.shape == (batch, dim)
+    assert queries.shape == (batch, tiny_config.num_queries, dim)
+    assert proposals.shape == (batch, tiny_config.num_queries, grid, grid)
+    assert pixel_embed.shape == (batch, dim, grid, grid)
+    assert weights.shape == (batch, tiny_config.num_queries)
+    np.testing.assert_allclose(weights.asnumpy().sum(axis=1), 1.0, rtol=1e-5)
+    assert low_res.shape == (batch, 1, grid, grid)
+    assert logits.shape == (batch, 1, size, size)
+    for tensor in (low_res, logits, proposals):
+        assert np.isfinite(tensor.asnumpy()).all()
+    # The prediction is the SMA-weighted sum of the proposals.
+    expected = (weights.asnumpy()[:, :, None, None] * proposals.asnumpy()).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(low_res.asnumpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_swin_alone_returns_four_stage_maps(tiny_config, tiny_net):
+    image = make_batch(tiny_config)[0]
+    maps = tiny_net.swin(image)
+    grid = tiny_config.image_size // tiny_config.swin_patch_size
+    assert [m.shape for m in maps] == [(2, tiny_config.swin_embed_dim * 2 ** i, grid >> i, grid >> i)
+                                       for i in range(4)]
+
+
+def test_zero_gates_leave_the_language_path_equal_to_bert(tiny_config, tiny_net):
+    image, input_ids, attention_mask, _ = make_batch(tiny_config)
+    coupled = LanguagePath(tiny_net)(image, input_ids, attention_mask).asnumpy()
+    alone = tiny_net.bert(input_ids, attention_mask).asnumpy()
+    np.testing.assert_array_equal(coupled, alone)
+
+
+def test_forty_steps_halve_the_segmentation_loss(tiny_config):
+    ms.set_seed(2)
+    net = CoupAlign(tiny_config)
+    loss_net = CoupAlignWithLoss(net, tiny_config)
+    optimizer = nn.AdamWeightDecay(loss_net.trainable_params(), learning_rate=1e-3, weight_decay=0.01)
+    step = TrainStep(loss_net, optimizer, clip_norm=1.0)
+    step.set_train(True)
+    batch = make_batch(tiny_config, batch=4, seed=3)
+    seg_losses = []
+    for _ in range(40):
+        total, bce, dice, aux, grad_norm, overflow = step(*batch)
+        assert not bool(overflow.asnumpy())
+        seg_losses.append(float(bce.asnumpy()) + float(dice.asnumpy()))
+    assert np.isfinite(seg_losses).all()
+    assert seg_losses[-1] <= 0.5 * seg_losses[0], seg_losses
+
+
+def test_bert_from_config_matches_the_config(tiny_config):
+    bert = BertModel.from_config(tiny_config)
+    assert len(bert.layers) == tiny_config.bert_num_layers
+    assert bert.embeddings.word_embeddings.embedding_table.shape == (tiny_config.vocab_size,
+                                                                     tiny_config.bert_hidden_size)
+
+
+def test_bert_layers_must_split_evenly_over_stages(tiny_config):
+    config = tiny_config.copy()
+    config.bert_num_layers = 3
+    with pytest.raises(ValueError, match="bert_num_layers=3"):
+        CoupAlign(config)
+
+
+def test_relative_position_index_by_hand():
+    # window 2: coordinates (0,0),(0,1),(1,0),(1,1); index = (dy+1)*3 + (dx+1)
+    expected = np.array([[4, 3, 1, 0], [5, 4, 2, 1], [7, 6, 4, 3], [8, 7, 5, 4]]).reshape(-1)
+    np.testing.assert_array_equal(relative_position_index(2), expected)
+
+
+def test_shifted_window_mask_separates_regions():
+    mask = shifted_window_mask(4, 4, 2, 1)
+    assert mask.shape == (4, 4, 4)
+    np.testing.assert_array_equal(mask[0], 0.0)  # the top-left window is one region
+    # the bottom-right window holds four regions: every token sees only itself
+    np.testing.assert_array_equal(mask[3] == 0, np.eye(4, dtype=bool))
+
+
+def test_window_shrinks_and_shift_turns_off_on_small_stages():
+    small = SwinBlock(8, (3, 3), 1, 7, 3, 4.0, 0.0)
+    assert (small.window_size, small.shift_size, small.attn_mask) == (3, 0, None)
+    padded = SwinBlock(8, (30, 30), 1, 12, 6, 4.0, 0.0)
+    assert (padded.padded_height, padded.window_size, padded.shift_size) == (36, 12, 6)
+    assert padded.attn_mask.shape == (9, 144, 144)
+
+
+def test_losses_by_hand():
+    logits = ms.Tensor(np.array([[[[0.0, 2.0]]]], np.float32))
+    target = ms.Tensor(np.array([[[[1.0, 0.0]]]], np.float32))
+    expected_bce = (np.log(2.0) + np.log1p(np.exp(2.0))) / 2
+    np.testing.assert_allclose(float(bce_with_logits(logits, target).asnumpy()), expected_bce, rtol=1e-5)
+    prob = 1 / (1 + np.exp(-np.array([0.0, 2.0])))
+    expected_dice = 1 - (2 * prob[0] + 1) / (prob.sum() + 1 + 1)
+    np.testing.assert_allclose(float(dice_loss(logits, target).asnumpy()), expected_dice, rtol=1e-5)
+
+
+def test_contrast_loss_by_hand():
+    # two pixels: one foreground, one background; anchor along the first axis.
+    pixels = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32).T.reshape(1, 2, 1, 2)
+    anchor = np.array([[1.0, 0.0]], np.float32)
+    fg = np.array([1.0, 0.0], np.float32).reshape(1, 1, 1, 2)
+    tau = 0.5
+    loss = foreground_contrast_loss(ms.Tensor(pixels), ms.Tensor(anchor), ms.Tensor(fg), tau)
+    expected = -np.log(np.exp(1 / tau) / (np.exp(1 / tau) + np.exp(0.0)))
+    np.testing.assert_allclose(float(loss.asnumpy()), expected, rtol=1e-5)
