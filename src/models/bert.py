@@ -38,12 +38,17 @@ class BertSelfAttention(nn.Cell):
         self.scale = self.head_dim ** -0.5
         self.qkv = nn.Dense(hidden_size, 3 * hidden_size)
         self.attn_drop = nn.Dropout(p=dropout)
+        self.matmul_qk = ops.BatchMatMul(transpose_b=True)
+
+    def _heads(self, x):
+        """(B, T, H) -> (B, heads, T, head_dim)"""
+        return x.reshape(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
 
     def construct(self, x, mask_bias):
         batch, length, hidden = x.shape
-        qkv = self.qkv(x).reshape(batch, length, 3, self.num_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
-        q, k, v = qkv[0] * self.scale, qkv[1], qkv[2]
-        scores = ops.matmul(q, k.transpose(0, 1, 3, 2)) + mask_bias.astype(q.dtype)
+        q, k, v = ops.split(self.qkv(x), hidden, axis=-1)
+        q, k, v = self._heads(q * self.scale), self._heads(k), self._heads(v)
+        scores = self.matmul_qk(q, k) + mask_bias.astype(q.dtype)
         attn = self.attn_drop(ops.softmax(scores.astype(ms.float32), axis=-1).astype(v.dtype))
         return ops.matmul(attn, v).transpose(0, 2, 1, 3).reshape(batch, length, hidden)
 

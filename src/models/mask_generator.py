@@ -9,7 +9,7 @@ import mindspore.ops as ops
 from mindspore import Parameter, Tensor
 from mindspore.common.initializer import Normal, initializer
 
-from .layers import Mlp, MultiHeadAttention, layer_norm
+from .layers import Mlp, MultiHeadAttention, UnfoldConv2d, layer_norm
 
 
 def sine_position_encoding(height, width, dim, temperature=10000.0):
@@ -33,7 +33,10 @@ class ConvNormAct(nn.Cell):
 
     def __init__(self, in_dim, out_dim, kernel_size, groups, act=True):
         super().__init__()
-        self.conv = nn.Conv2d(in_dim, out_dim, kernel_size, pad_mode="same", has_bias=False)
+        if kernel_size == 1:
+            self.conv = nn.Conv2d(in_dim, out_dim, 1, has_bias=False)
+        else:
+            self.conv = UnfoldConv2d(in_dim, out_dim, kernel_size, has_bias=False)
         self.norm = nn.GroupNorm(groups, out_dim)
         self.act = nn.ReLU() if act else nn.Identity()
 
