@@ -1,0 +1,29 @@
+"""Device and data-parallel set-up shared by the entry scripts."""
+import os
+
+import mindspore as ms
+
+DEVICE_TARGETS = ("CPU", "GPU", "Ascend")
+
+
+def launched_in_parallel():
+    """True when msrun (or an Ascend rank table) started this process as one of several ranks."""
+    return int(os.getenv("MS_WORKER_NUM", os.getenv("RANK_SIZE", "1"))) > 1
+
+
+def setup_context(config, allow_parallel=False):
+    """GRAPH_MODE on the configured device; data parallel when launched by msrun. -> (rank_id, group_size)"""
+    if config.device_target not in DEVICE_TARGETS:
+        raise ValueError(f"device_target must be one of {DEVICE_TARGETS}, got '{config.device_target}'")
+    ms.set_context(mode=ms.GRAPH_MODE)
+    device_id = int(os.getenv("DEVICE_ID", config.device_id))
+    ms.set_device(config.device_target, device_id)
+    ms.set_seed(config.seed)
+    if not (allow_parallel and launched_in_parallel()):
+        return 0, 1
+    from mindspore.communication import get_group_size, get_rank, init
+    init()
+    rank_id, group_size = get_rank(), get_group_size()
+    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
+                                 device_num=group_size)
+    return rank_id, group_size

@@ -1,0 +1,70 @@
+"""eval.py logic: metrics of a checkpoint on one or several splits, a table and a JSON file."""
+import json
+import os
+import sys
+
+from .checkpoint import CheckpointError, load_network_weights
+from .context import setup_context
+from .data.dataset import create_dataset
+from .metrics import format_table
+from .evaluate import evaluate_split
+from .models.coupalign import CoupAlign
+
+ALL_SPLITS = {"refcoco": ("val", "testA", "testB"), "refcoco+": ("val", "testA", "testB"),
+              "refcocog": ("val", "test")}
+
+
+def parse_splits(config):
+    """`--eval_splits val,testA` or `all` -> list of split names."""
+    text = config.eval_splits if isinstance(config.eval_splits, str) else ",".join(config.eval_splits)
+    if text.strip() == "all":
+        if config.dataset == "refcocog" and config.split_by == "google":
+            return ["val"]
+        return list(ALL_SPLITS.get(config.dataset, ("val", "testA", "testB")))
+    splits = [split.strip() for split in text.split(",") if split.strip()]
+    if not splits:
+        raise ValueError("--eval_splits names no split")
+    return splits
+
+
+def write_json_atomic(path, data):
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    temp = os.path.join(directory, f".{os.path.basename(path)}.tmp")
+    with open(temp, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2)
+    os.replace(temp, path)
+
+
+def run_eval(config):
+    setup_context(config)
+    splits = parse_splits(config)
+    datasets = {split: create_dataset(config, split, training=False, with_ids=True) for split in splits}
+    net = CoupAlign(config)
+    load_network_weights(net, config.ckpt_path)
+    net.set_train(False)
+    results = {}
+    per_sample = open(config.per_sample_json, "w", encoding="utf-8") if config.per_sample_json else None
+    try:
+        for split in splits:
+            results[split] = evaluate_split(net, datasets[split], description=split, per_sample_file=per_sample,
+                                            split=split)
+            print(f"{split}: oIoU {results[split]['oIoU']:.4f} mIoU {results[split]['mIoU']:.4f} "
+                  f"({results[split]['num_samples']} samples)", flush=True)
+    finally:
+        if per_sample is not None:
+            per_sample.close()
+    print(format_table(results))
+    if config.result_json:
+        write_json_atomic(config.result_json, results)
+        print(f"results written to {config.result_json}")
+    return results
+
+
+def main(config):
+    try:
+        run_eval(config)
+    except (CheckpointError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0

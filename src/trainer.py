@@ -1,0 +1,151 @@
+"""Training loop: data, model, optimiser, logging, checkpoints, validation and resume."""
+import glob
+import json
+import os
+import sys
+import time
+
+import mindspore.nn as nn
+
+from .checkpoint import CheckpointError, load_network_weights, read_checkpoint, save_checkpoint
+from .context import setup_context
+from .data.dataset import create_dataset
+from .evaluate import evaluate_split, metrics_summary
+from .models.coupalign import CoupAlign
+from .models.losses import CoupAlignWithLoss
+from .models.weights import load_pretrained
+from .optimizer import build_optimizer
+from .train_step import TrainStep
+
+class JsonLog:
+    """Appends one JSON object per line to `<output_dir>/train_log.jsonl` and echoes a line to stdout."""
+
+    def __init__(self, path, enabled=True):
+        self.path = path
+        self.enabled = enabled
+
+    def write(self, record, echo):
+        if not self.enabled:
+            return
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        print(echo, flush=True)
+
+
+def build_network(config):
+    """CoupAlign with the pretrained encoders the config names."""
+    net = CoupAlign(config)
+    if config.pretrained_swin:
+        load_pretrained(net.swin, config.pretrained_swin, "Swin")
+    if config.pretrained_bert:
+        load_pretrained(net.bert, config.pretrained_bert, "BERT")
+    return net
+
+
+def restore_training_state(train_step, path):
+    """Loads weights and optimiser state from a last/epoch checkpoint; returns the epoch to start from."""
+    param_dict = read_checkpoint(path)
+    if "epoch" not in param_dict:
+        raise CheckpointError(f"{path} holds no training state (epoch); resume from a checkpoint written by "
+                              "train.py, or pass it as --pretrained_* / --ckpt_path instead")
+    load_network_weights(train_step, path, param_dict)
+    return int(param_dict["epoch"].asnumpy())
+
+
+def prune_epoch_checkpoints(output_dir, keep):
+    paths = sorted(glob.glob(os.path.join(output_dir, "coupalign_epoch*.ckpt")), key=os.path.getmtime)
+    for path in paths[:-keep] if keep > 0 else []:
+        os.remove(path)
+
+
+def train(config):
+    """Trains CoupAlign as the config says; leaves last.ckpt (and best.ckpt once validation ran)."""
+    rank_id, group_size = setup_context(config, allow_parallel=True)
+    is_main = rank_id == 0
+    os.makedirs(config.output_dir, exist_ok=True)
+    log = JsonLog(os.path.join(config.output_dir, "train_log.jsonl"), enabled=is_main)
+
+    train_data = create_dataset(config, "train", training=True, rank_id=rank_id, group_size=group_size)
+    steps_per_epoch = train_data.get_dataset_size()
+    if steps_per_epoch == 0:
+        raise ValueError(f"the train split has fewer samples per device than batch_size={config.batch_size}")
+    val_data = None
+    if is_main and config.eval_interval > 0:
+        val_data = create_dataset(config, "val", training=False)
+
+    net = build_network(config)
+    loss_net = CoupAlignWithLoss(net, config)
+    optimizer, lr_per_step = build_optimizer(loss_net.trainable_params(), config, steps_per_epoch)
+    reducer = None
+    if group_size > 1:
+        reducer = nn.DistributedGradReducer(optimizer.parameters, mean=True, degree=group_size)
+    loss_scale = config.loss_scale if config.device_target != "CPU" else 1.0
+    train_step = TrainStep(loss_net, optimizer, config.grad_clip_norm, loss_scale, reducer)
+    train_step.set_train(True)
+
+    start_epoch = 0
+    if config.resume_ckpt:
+        start_epoch = restore_training_state(train_step, config.resume_ckpt)
+        print(f"resumed from {config.resume_ckpt} at epoch {start_epoch}", flush=True)
+    best_oiou = -1.0
+    best_path = os.path.join(config.output_dir, "best.ckpt")
+    last_path = os.path.join(config.output_dir, "last.ckpt")
+    global_step = start_epoch * steps_per_epoch
+    samples_per_step = config.batch_size * group_size
+    if is_main:
+        print(f"training: {steps_per_epoch} steps/epoch x {config.epochs} epochs, batch {config.batch_size} x "
+              f"{group_size} device(s), from epoch {start_epoch}", flush=True)
+
+    for epoch in range(start_epoch, config.epochs):
+        epoch_start = time.time()
+        data = create_dataset(config, "train", training=True, rank_id=rank_id, group_size=group_size, epoch=epoch)
+        totals = [0.0, 0.0, 0.0, 0.0]
+        for index, batch in enumerate(data.create_tuple_iterator(num_epochs=1)):
+            step_start = time.time()
+            total, bce, dice, aux, grad_norm, overflow = train_step(*batch)
+            parts = [float(value.asnumpy()) for value in (total, bce, dice, aux)]
+            step_time = time.time() - step_start
+            totals = [a + b for a, b in zip(totals, parts)]
+            lr = float(lr_per_step[min(global_step, len(lr_per_step) - 1)])
+            global_step += 1
+            if index % config.log_interval == 0 or index == steps_per_epoch - 1:
+                record = {"epoch": epoch + 1, "step": global_step, "loss": parts[0], "bce": parts[1],
+                          "dice": parts[2], "aux": parts[3], "grad_norm": float(grad_norm.asnumpy()),
+                          "overflow": bool(overflow.asnumpy()), "lr": lr, "step_time": step_time,
+                          "samples_per_s": samples_per_step / max(step_time, 1e-9)}
+                log.write(record, f"epoch {epoch + 1}/{config.epochs} step {index + 1}/{steps_per_epoch} "
+                                  f"loss {parts[0]:.4f} (bce {parts[1]:.4f} dice {parts[2]:.4f} aux {parts[3]:.4f}) "
+                                  f"lr {lr:.3e} {step_time:.2f}s/step {record['samples_per_s']:.1f} samples/s")
+        means = [value / steps_per_epoch for value in totals]
+        state = {"epoch": epoch + 1, "step": global_step}
+        if is_main:
+            save_checkpoint(train_step, last_path, append_dict=state)
+            if config.save_epochs > 0 and (epoch + 1) % config.save_epochs == 0:
+                save_checkpoint(train_step, os.path.join(config.output_dir, f"coupalign_epoch{epoch + 1:03d}.ckpt"),
+                                append_dict=state)
+                prune_epoch_checkpoints(config.output_dir, config.keep_checkpoint_max)
+        record = {"epoch": epoch + 1, "mean_loss": means[0], "epoch_time": time.time() - epoch_start}
+        message = f"epoch {epoch + 1}/{config.epochs} done: mean loss {means[0]:.4f} in {record['epoch_time']:.1f}s"
+        if val_data is not None and (epoch + 1) % config.eval_interval == 0:
+            metrics = evaluate_split(net, val_data, description="val")
+            record["val"] = metrics
+            message += f"; val {metrics_summary(metrics)}"
+            if metrics["oIoU"] > best_oiou:
+                best_oiou = metrics["oIoU"]
+                save_checkpoint(train_step, best_path, append_dict=state)
+                message += " (best)"
+        log.write(record, message)
+    if is_main:
+        print(f"last checkpoint: {last_path}" + (f"; best: {best_path} (val oIoU {best_oiou:.4f})"
+                                                  if best_oiou >= 0 else ""), flush=True)
+    return last_path
+
+
+def main(config):
+    try:
+        train(config)
+    except (CheckpointError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
