@@ -12,7 +12,8 @@ def save_checkpoint(save_obj, path, append_dict=None):
     """Writes `path` through a temporary file, so a crash never leaves a half-written checkpoint."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    temp = os.path.join(directory, f".{os.path.basename(path)}.tmp")
+    # MindSpore appends ".ckpt" to names without it, so the temporary name keeps that suffix.
+    temp = os.path.join(directory, f".{os.path.basename(path)}.partial.ckpt")
     ms.save_checkpoint(save_obj, temp, append_dict=append_dict)
     os.replace(temp, path)
 

@@ -1,21 +1,7 @@
 """Loading converted encoder checkpoints (convert_swin / convert_bert) into sub-networks of CoupAlign."""
-import os
-
 import mindspore as ms
 
-from ..checkpoint import CheckpointError
-
-
-def _read(ckpt_path):
-    """{name: Parameter} of a checkpoint file; errors name the file."""
-    if not ckpt_path:
-        raise CheckpointError("no checkpoint path given")
-    if not os.path.isfile(ckpt_path):
-        raise CheckpointError(f"checkpoint not found: {ckpt_path}")
-    try:
-        return ms.load_checkpoint(ckpt_path)
-    except Exception as err:  # MindSpore raises ValueError/RuntimeError for foreign files
-        raise CheckpointError(f"cannot read checkpoint {ckpt_path}: {err}") from err
+from ..checkpoint import CheckpointError, read_checkpoint
 
 
 def _match(net, saved, prefix, ckpt_path):
@@ -50,7 +36,7 @@ def load_checkpoint_into(net, ckpt_path, prefix="", strict=False):
     are called swin.xxx) while the checkpoint holds the bare names a converter writes. A shape
     mismatch is always an error; missing or unexpected entries are errors only when `strict`.
     """
-    saved = _read(ckpt_path)
+    saved = read_checkpoint(ckpt_path)
     missing, unexpected = _match(net, saved, prefix, ckpt_path)
     if strict and (missing or unexpected):
         raise CheckpointError(f"{ckpt_path} does not match the network: missing {missing[:5]}, "
@@ -65,7 +51,7 @@ def load_checkpoint_into(net, ckpt_path, prefix="", strict=False):
 
 def load_pretrained(net, ckpt_path, label):
     """Loads a converted encoder checkpoint; every parameter of `net` must be in it. Returns the count."""
-    saved = _read(ckpt_path)
+    saved = read_checkpoint(ckpt_path)
     missing, unexpected = _match(net, saved, "", ckpt_path)
     total = len(list(net.parameters_and_names()))
     if missing:

