@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Quick start on the built-in synthetic referring set with the tiny model, on CPU:
+# creates .venv if needed, writes the data, converts it to MindRecord, trains, evaluates, exports MINDIR
+# and writes a prediction PNG. Usage: bash scripts/run_quickstart.sh [WORK_DIR]   (default: ./quickstart)
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+WORK=$(realpath -m "${1:-./quickstart}")
+CONFIG=$ROOT/tiny_config.yaml
+START=$(date +%s)
+if [ ! -x .venv/bin/python ]; then
+    echo "== creating .venv and installing requirements.txt"
+    "${PYTHON:-python3}" -m venv .venv
+    .venv/bin/python -m pip install --quiet --upgrade pip
+fi
+.venv/bin/python -m pip install --quiet -r requirements.txt
+PY=$ROOT/.venv/bin/python
+export GLOG_v=3
+DATA=$WORK/data
+RECORDS=$WORK/mindrecord
+OUT=$WORK/output
+COMMON=(--config_path "$CONFIG" --mindrecord_dir "$RECORDS" --vocab_file "$DATA/vocab.txt")
+
+echo "== 1/6 writing the synthetic referring set to $DATA"
+"$PY" -m src.data.synthetic --out "$DATA"
+echo "== 2/6 converting it to MindRecord in $RECORDS"
+"$PY" -m src.data.build_mindrecord "${COMMON[@]}" --refer_data_root "$DATA" --image_root "$DATA/images" \
+    --dataset refcoco --split_by unc
+echo "== 3/6 training the tiny model (checkpoints in $OUT)"
+"$PY" train.py "${COMMON[@]}" --output_dir "$OUT"
+echo "== 4/6 evaluating $OUT/best.ckpt on val, testA, testB"
+"$PY" eval.py "${COMMON[@]}" --ckpt_path "$OUT/best.ckpt" --eval_splits val,testA,testB \
+    --result_json "$OUT/eval_results.json"
+echo "== 5/6 exporting MINDIR"
+"$PY" export.py "${COMMON[@]}" --ckpt_path "$OUT/best.ckpt" --file_name "$OUT/coupalign_tiny" --file_format MINDIR
+echo "== 6/6 predicting one validation sentence"
+read -r IMAGE SENTENCE < <("$PY" -m src.data.synthetic --out "$DATA" --print_example val)
+"$PY" predict.py "${COMMON[@]}" --ckpt_path "$OUT/best.ckpt" --image "$IMAGE" --sentence "$SENTENCE" \
+    --output "$OUT/prediction.png"
+echo
+echo "quick start finished in $(( $(date +%s) - START )) s"
+echo "  data:        $DATA"
+echo "  mindrecord:  $RECORDS"
+echo "  checkpoints: $OUT/last.ckpt, $OUT/best.ckpt (log: $OUT/train_log.jsonl)"
+echo "  metrics:     $OUT/eval_results.json"
+echo "  MINDIR:      $OUT/coupalign_tiny.mindir"
+echo "  prediction:  $OUT/prediction.png  (\"$SENTENCE\" on $IMAGE)"
