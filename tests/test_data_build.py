@@ -1,0 +1,371 @@
+"""REFER -> MindRecord conversion on the synthetic set: content, counts, sharding, bad input."""
+import contextlib
+import glob
+import io
+import os
+import pickle
+import shutil
+import struct
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import mindspore.dataset as ds
+from pycocotools.coco import COCO
+
+from model_utils.config import get_config
+from src.data import build_mindrecord
+from src.data.build_mindrecord import DataError, build
+from src.data.dataset import find_mindrecord, first_mindrecord_file, mindrecord_path
+from src.data.refer import Refer, ReferError, load_refs_pickle
+from src.data.synthetic import generate_synthetic
+from src.data.tokenizer import encode_sentence
+from tests.conftest import ROOT, TINY_CONFIG
+
+COLUMNS = ["image", "mask", "input_ids", "attention_mask", "ref_id", "sent_id", "image_id", "sentence"]
+
+
+def convert_args(root, out, *extra):
+    return ["--refer_data_root", str(root), "--image_root", os.path.join(root, "images"),
+            "--vocab_file", os.path.join(root, "vocab.txt"), "--mindrecord_dir", str(out), *extra]
+
+
+def convert(root, out, *extra):
+    with contextlib.redirect_stdout(io.StringIO()):
+        return build(get_config(convert_args(root, out, *extra), TINY_CONFIG))
+
+
+def read_rows(first_file):
+    data = ds.MindDataset(first_file, columns_list=COLUMNS, shuffle=False)
+    return list(data.create_dict_iterator(output_numpy=True, num_epochs=1))
+
+
+def copy_synthetic(source, target):
+    shutil.copytree(source, target)
+    return str(target)
+
+
+def set_files(mindrecord_dir, name):
+    return sorted(glob.glob(os.path.join(str(mindrecord_dir), f"{name}.mindrecord*")))
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    generate_synthetic(str(root), num_images=40, seed=3)
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def converted(synthetic_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("mindrecord")
+    stats = convert(synthetic_root, out, "--num_shards", "2")
+    return str(out), stats
+
+
+@pytest.fixture(scope="module")
+def refer(synthetic_root):
+    return Refer(synthetic_root, "refcoco", "unc", os.path.join(synthetic_root, "images"))
+
+
+def test_every_split_is_converted(converted, refer):
+    out, stats = converted
+    assert sorted(stats) == sorted(refer.splits()) == sorted(["train", "val", "testA", "testB"])
+    for split in stats:
+        base = mindrecord_path(out, "refcoco", "unc", split)
+        assert first_mindrecord_file(base) == base + "0"
+        assert os.path.isfile(base + "1") and os.path.isfile(base + "1.db")
+    assert not glob.glob(os.path.join(out, ".*tmp*"))
+
+
+def test_rows_hold_masks_images_and_tokens(converted, refer, synthetic_root):
+    out, _ = converted
+    coco = COCO(os.path.join(synthetic_root, "refcoco", "instances.json"))
+    refs = {ref["ref_id"]: ref for ref in refer.refs}
+    vocab = os.path.join(synthetic_root, "vocab.txt")
+    for split in refer.splits():
+        rows = read_rows(find_mindrecord(out, "refcoco", "unc", split))
+        expected_order = [(ref["ref_id"], sentence["sent_id"]) for ref in refer.refs_of_split(split)
+                          for sentence in ref["sentences"]]
+        assert [(int(row["ref_id"]), int(row["sent_id"])) for row in rows] == expected_order
+        for row in rows:
+            ref = refs[int(row["ref_id"])]
+            mask = cv2.imdecode(np.frombuffer(row["mask"].tobytes(), np.uint8), cv2.IMREAD_UNCHANGED)
+            assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
+            np.testing.assert_array_equal(mask > 0, coco.annToMask(coco.anns[ref["ann_id"]]) > 0)
+            image_file = os.path.join(synthetic_root, "images", coco.imgs[ref["image_id"]]["file_name"])
+            with open(image_file, "rb") as handle:
+                assert row["image"].tobytes() == handle.read()
+            assert int(row["image_id"]) == ref["image_id"]
+            sentence = next(item for item in ref["sentences"] if item["sent_id"] == int(row["sent_id"]))
+            assert str(row["sentence"]) == sentence["raw"]
+            ids, attention = encode_sentence(vocab, sentence["raw"], 12)
+            assert row["input_ids"].dtype == np.int32 and row["input_ids"].tolist() == ids.tolist()
+            assert row["attention_mask"].tolist() == attention.tolist()
+
+
+def test_summary_counts_equal_refer(converted, refer):
+    out, stats = converted
+    for split, split_stats in stats.items():
+        counts = refer.split_counts(split)
+        assert (len(split_stats.refs), split_stats.sentences, len(split_stats.images)) == \
+            (counts["refs"], counts["sentences"], counts["images"])
+        assert ds.MindDataset(find_mindrecord(out, "refcoco", "unc", split)).get_dataset_size() == counts["sentences"]
+
+
+@pytest.mark.parametrize("num_shards", [2, 3, 5])
+def test_sharded_reading_returns_every_row_once(converted, num_shards):
+    out, _ = converted
+    first = find_mindrecord(out, "refcoco", "unc", "train")
+    total = ds.MindDataset(first).get_dataset_size()
+    padding = (-total) % num_shards
+    seen = []
+    for shard_id in range(num_shards):
+        data = ds.MindDataset(first, columns_list=["sent_id"], shuffle=False, num_shards=num_shards,
+                              shard_id=shard_id, padded_sample={"sent_id": -1}, num_padded=padding)
+        seen += [int(row["sent_id"]) for row in data.create_dict_iterator(output_numpy=True, num_epochs=1)]
+    real = [sent_id for sent_id in seen if sent_id >= 0]
+    assert len(real) == total and len(set(real)) == total
+
+
+def test_conversion_is_deterministic(synthetic_root, converted, tmp_path):
+    out, _ = converted
+    convert(synthetic_root, tmp_path, "--num_shards", "2", "--splits", "val")
+    first_rows = read_rows(find_mindrecord(out, "refcoco", "unc", "val"))
+    second_rows = read_rows(find_mindrecord(str(tmp_path), "refcoco", "unc", "val"))
+    assert len(first_rows) == len(second_rows)
+    for left, right in zip(first_rows, second_rows):
+        for column in COLUMNS:
+            assert np.asarray(left[column]).tobytes() == np.asarray(right[column]).tobytes(), column
+    for name in ("refcoco_unc_val.mindrecord0", "refcoco_unc_val.mindrecord1"):
+        with open(os.path.join(out, name), "rb") as a, open(os.path.join(tmp_path, name), "rb") as b:
+            assert a.read() == b.read()
+
+
+def test_cli_converts_and_prints_counts(synthetic_root, refer, tmp_path):
+    out = tmp_path / "mr"
+    command = [sys.executable, "-m", "src.data.build_mindrecord", "--config_path", TINY_CONFIG,
+               *convert_args(synthetic_root, out, "--splits", "val,testB")]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    for split in ("val", "testB"):
+        counts = refer.split_counts(split)
+        line = next(line for line in result.stdout.splitlines() if line.startswith(f"refcoco_unc_{split}:"))
+        assert f"{counts['refs']} refs, {counts['sentences']} sentences, {counts['images']} images" in line
+        assert os.path.isfile(mindrecord_path(str(out), "refcoco", "unc", split) + ".db")
+    assert not set_files(out, "refcoco_unc_train")
+
+
+def test_cli_missing_image_fails_naming_it(synthetic_root, refer, tmp_path):
+    root = copy_synthetic(synthetic_root, tmp_path / "data")
+    ref = refer.refs_of_split("val")[0]
+    image_file = refer.image_path(ref["image_id"]).replace(synthetic_root, root)
+    os.remove(image_file)
+    out = tmp_path / "mr"
+    command = [sys.executable, "-m", "src.data.build_mindrecord", "--config_path", TINY_CONFIG,
+               *convert_args(root, out, "--splits", "val")]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "image not found" in result.stderr and image_file in result.stderr
+    assert not set_files(out, "refcoco_unc_val")
+
+
+def test_cli_unknown_key_fails(tmp_path):
+    command = [sys.executable, "-m", "src.data.build_mindrecord", "--no_such_key", "1"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "no_such_key" in result.stderr
+
+
+def _corrupt(path, kind):
+    with open(path, "rb") as handle:
+        data = handle.read()
+    with open(path, "wb") as handle:
+        handle.write(data[:len(data) // 2] if kind == "truncated" else b"this is not a jpeg" * 20)
+
+
+@pytest.mark.parametrize("kind", ["garbage", "truncated"])
+def test_corrupt_image_stops_conversion(synthetic_root, refer, tmp_path, kind):
+    root = copy_synthetic(synthetic_root, tmp_path / "data")
+    ref = refer.refs_of_split("val")[-1]
+    image_file = refer.image_path(ref["image_id"]).replace(synthetic_root, root)
+    _corrupt(image_file, kind)
+    out = tmp_path / "mr"
+    with pytest.raises(DataError, match="cannot decode image") as info:
+        convert(root, out, "--splits", "val")
+    assert image_file in str(info.value)
+    assert not set_files(out, "refcoco_unc_val")
+    assert not glob.glob(os.path.join(str(out), ".*"))
+
+
+def test_skip_bad_reports_skipped_samples(synthetic_root, refer, tmp_path):
+    root = copy_synthetic(synthetic_root, tmp_path / "data")
+    bad = refer.refs_of_split("val")[0]
+    _corrupt(refer.image_path(bad["image_id"]).replace(synthetic_root, root), "garbage")
+    out = tmp_path / "mr"
+    stats = convert(root, out, "--splits", "val", "--skip_bad")["val"]
+    bad_refs = [ref for ref in refer.refs_of_split("val") if ref["image_id"] == bad["image_id"]]
+    bad_sentences = sorted(s["sent_id"] for ref in bad_refs for s in ref["sentences"])
+    assert stats.skipped_counts() == (len(bad_refs), len(bad_sentences), 1)
+    counts = refer.split_counts("val")
+    assert stats.sentences == counts["sentences"] - len(bad_sentences)
+    report = (out / "refcoco_unc_val_skipped.txt").read_text().splitlines()
+    assert sorted(int(line.split("\t")[0]) for line in report[1:]) == bad_sentences
+    rows = read_rows(find_mindrecord(str(out), "refcoco", "unc", "val"))
+    assert len(rows) == stats.sentences
+    assert bad["image_id"] not in {int(row["image_id"]) for row in rows}
+
+
+class _Marker:
+    """Pickles to a call that would create a marker file when unpickled."""
+
+    def __init__(self, path, how):
+        self.path = path
+        self.how = how
+
+    def __reduce__(self):
+        if self.how == "system":
+            return (os.system, (f"touch {self.path}",))
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize("how", ["system", "open"])
+def test_malicious_refs_pickle_is_refused_without_running(synthetic_root, tmp_path, how):
+    root = copy_synthetic(synthetic_root, tmp_path / "data")
+    marker = tmp_path / "marker"
+    refs_path = os.path.join(root, "refcoco", "refs(unc).p")
+    with open(refs_path, "rb") as handle:
+        refs = pickle.load(handle)
+    refs[0]["sentences"][0]["raw"] = _Marker(str(marker), how)
+    with open(refs_path, "wb") as handle:
+        pickle.dump(refs, handle, protocol=2)
+    with pytest.raises(ReferError, match="refused") as info:
+        Refer(root, "refcoco", "unc", os.path.join(root, "images"))
+    assert refs_path in str(info.value)
+    assert not marker.exists()
+    out = tmp_path / "mr"
+    with pytest.raises(ReferError):
+        convert(root, out)
+    assert not marker.exists()
+    assert not glob.glob(os.path.join(str(out), "*.mindrecord*"))
+
+
+def _py2_pickle(value):
+    """Protocol-2 bytes as Python 2 writes them: str as (SHORT_)BINSTRING, not unicode."""
+    if isinstance(value, dict):
+        body = b"}(" + b"".join(_py2_pickle(key) + _py2_pickle(item) for key, item in value.items()) + b"u"
+        return body
+    if isinstance(value, list):
+        return b"](" + b"".join(_py2_pickle(item) for item in value) + b"e"
+    if isinstance(value, bool):
+        return b"\x88" if value else b"\x89"
+    if isinstance(value, int):
+        return b"J" + struct.pack("<i", value)
+    if isinstance(value, float):
+        return b"G" + struct.pack(">d", value)
+    if isinstance(value, str):
+        data = value.encode("utf-8")
+        if len(data) < 256:
+            return b"U" + bytes([len(data)]) + data
+        return b"T" + struct.pack("<i", len(data)) + data
+    if value is None:
+        return b"N"
+    raise TypeError(type(value))
+
+
+def test_python2_refs_pickle_is_read_with_utf8_text(tmp_path):
+    refs = [{"ref_id": 7, "ann_id": 70, "image_id": 1, "split": "train", "category_id": 1, "sent_ids": [0],
+             "sentences": [{"tokens": ["café"], "raw": "Café on the left", "sent_id": 0, "sent": "café"}],
+             "file_name": "COCO_train2014_000000000001_70.jpg"}]
+    path = tmp_path / "refs(unc).p"
+    path.write_bytes(b"\x80\x02" + _py2_pickle(refs) + b".")
+    loaded = load_refs_pickle(str(path))
+    assert loaded == refs
+
+
+def test_missing_refs_file_is_named(synthetic_root):
+    with pytest.raises(ReferError, match=r"refs\(google\)\.p"):
+        Refer(synthetic_root, "refcoco", "google")
+    with pytest.raises(ReferError, match="refcocog"):
+        Refer(synthetic_root, "refcocog", "umd")
+
+
+def test_missing_refs_file_fails_the_cli_call(synthetic_root, tmp_path):
+    root = copy_synthetic(synthetic_root, tmp_path / "data")
+    os.remove(os.path.join(root, "refcoco", "refs(unc).p"))
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        code = build_mindrecord.main(convert_args(root, tmp_path / "mr"))
+    assert code == 1
+    assert os.path.join(root, "refcoco", "refs(unc).p") in err.getvalue()
+
+
+def test_unknown_split_is_named(synthetic_root, tmp_path):
+    with pytest.raises(DataError, match="testC.*available: train, val, testA, testB"):
+        convert(synthetic_root, tmp_path, "--splits", "val,testC")
+
+
+def test_interrupted_write_leaves_no_set_and_keeps_the_old_one(synthetic_root, tmp_path, monkeypatch):
+    out = tmp_path / "mr"
+    convert(synthetic_root, out, "--splits", "val")
+    old_files = {path: open(path, "rb").read() for path in set_files(out, "refcoco_unc_val")}
+    monkeypatch.setattr(build_mindrecord, "WRITE_CHUNK", 8)
+    real_write = build_mindrecord.FileWriter.write_raw_data
+    calls = []
+
+    def interrupted_write(self, rows, *args, **kwargs):
+        calls.append(len(rows))
+        if len(calls) == 3:
+            raise KeyboardInterrupt("simulated interruption")
+        return real_write(self, rows, *args, **kwargs)
+
+    monkeypatch.setattr(build_mindrecord.FileWriter, "write_raw_data", interrupted_write)
+    with pytest.raises(KeyboardInterrupt):
+        convert(synthetic_root, out, "--splits", "val")
+    assert {path: open(path, "rb").read() for path in set_files(out, "refcoco_unc_val")} == old_files
+    assert not glob.glob(os.path.join(str(out), ".*"))
+
+    fresh = tmp_path / "fresh"
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        convert(synthetic_root, fresh, "--splits", "val")
+    assert not set_files(fresh, "refcoco_unc_val")
+
+
+def test_set_is_incomplete_until_its_first_index_is_in_place(synthetic_root, tmp_path, monkeypatch):
+    out = tmp_path / "mr"
+    real_replace = os.replace
+
+    def failing_replace(source, target):
+        if str(target).endswith("refcoco_unc_val.mindrecord0.db"):
+            raise OSError("simulated crash while publishing")
+        return real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError):
+        convert(synthetic_root, out, "--splits", "val", "--num_shards", "2")
+    monkeypatch.undo()
+    base = mindrecord_path(str(out), "refcoco", "unc", "val")
+    assert os.path.isfile(base + "0") and first_mindrecord_file(base) is None
+    with pytest.raises(FileNotFoundError, match="refcoco_unc_val.mindrecord"):
+        find_mindrecord(str(out), "refcoco", "unc", "val")
+
+
+def test_empty_sentence_is_kept_and_warned(synthetic_root, refer, tmp_path, capsys):
+    root = copy_synthetic(synthetic_root, tmp_path / "data")
+    refs_path = os.path.join(root, "refcoco", "refs(unc).p")
+    with open(refs_path, "rb") as handle:
+        refs = pickle.load(handle)
+    target = min((ref for ref in refs if ref["split"] == "val"), key=lambda ref: ref["ref_id"])
+    target["sentences"][0]["raw"] = ""
+    empty_id = target["sentences"][0]["sent_id"]
+    with open(refs_path, "wb") as handle:
+        pickle.dump(refs, handle, protocol=2)
+    build(get_config(convert_args(root, tmp_path / "mr", "--splits", "val"), TINY_CONFIG))
+    captured = capsys.readouterr()
+    assert "1 empty sentence" in captured.err and str(empty_id) in captured.err
+    rows = read_rows(find_mindrecord(str(tmp_path / "mr"), "refcoco", "unc", "val"))
+    row = next(row for row in rows if int(row["sent_id"]) == empty_id)
+    assert row["input_ids"].tolist() == [2, 3] + [0] * 10
+    assert row["attention_mask"].tolist() == [1, 1] + [0] * 10
+    assert len(rows) == refer.split_counts("val")["sentences"]

@@ -1,0 +1,198 @@
+"""MindRecord pipeline: shapes, normalisation, one sentence per ref per epoch, every sentence in eval."""
+import contextlib
+import io
+import os
+from collections import Counter
+
+import cv2
+import numpy as np
+import pytest
+import mindspore.dataset as ds
+
+from model_utils.config import get_config
+from src.data.build_mindrecord import build
+from src.data.dataset import (IMAGENET_MEAN, IMAGENET_STD, create_dataset, decode_image, eval_sample_ids,
+                              find_mindrecord, preprocess_image)
+from src.data.refer import Refer
+from src.data.synthetic import generate_synthetic
+from tests.conftest import TINY_CONFIG
+
+SIZE = 48  # not the synthetic image size (64), so resizing is exercised
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    generate_synthetic(str(root), num_images=40, seed=5)
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def mindrecord_dir(synthetic_root, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("mindrecord"))
+    argv = ["--refer_data_root", synthetic_root, "--image_root", os.path.join(synthetic_root, "images"),
+            "--vocab_file", os.path.join(synthetic_root, "vocab.txt"), "--mindrecord_dir", out,
+            "--splits", "train,val", "--num_shards", "2"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        build(get_config(argv, TINY_CONFIG))
+    return out
+
+
+@pytest.fixture(scope="module")
+def refer(synthetic_root):
+    return Refer(synthetic_root, "refcoco", "unc", os.path.join(synthetic_root, "images"))
+
+
+def make_config(mindrecord_dir, **overrides):
+    values = {"mindrecord_dir": mindrecord_dir, "image_size": SIZE, "num_parallel_workers": 2}
+    values.update(overrides)
+    return get_config([], TINY_CONFIG, overrides=values)
+
+
+def batches(data, epochs=1):
+    iterator = data.create_dict_iterator(output_numpy=True, num_epochs=epochs)
+    return [list(iterator) for _ in range(epochs)]
+
+
+def expected_mask(refer, ref_id):
+    ref = next(ref for ref in refer.refs if ref["ref_id"] == ref_id)
+    return cv2.resize(refer.ref_mask(ref), (SIZE, SIZE), interpolation=cv2.INTER_NEAREST).astype(np.float32)
+
+
+def test_training_batches_have_the_contract_shapes(mindrecord_dir):
+    config = make_config(mindrecord_dir)
+    data = create_dataset(config, "train", training=True)
+    assert data.get_col_names() == ["image", "input_ids", "attention_mask", "mask"]
+    batch = batches(data)[0][0]
+    batch_size, tokens = config.batch_size, config.max_tokens
+    assert batch["image"].shape == (batch_size, 3, SIZE, SIZE) and batch["image"].dtype == np.float32
+    assert batch["input_ids"].shape == (batch_size, tokens) and batch["input_ids"].dtype == np.int32
+    assert batch["attention_mask"].shape == (batch_size, tokens) and batch["attention_mask"].dtype == np.int32
+    assert batch["mask"].shape == (batch_size, 1, SIZE, SIZE) and batch["mask"].dtype == np.float32
+    assert set(np.unique(batch["mask"])) <= {0.0, 1.0}
+
+
+def test_training_is_one_sentence_per_ref_per_epoch(mindrecord_dir, refer):
+    config = make_config(mindrecord_dir, batch_size=1)
+    data = create_dataset(config, "train", training=True, with_ids=True)
+    train_refs = {ref["ref_id"]: ref for ref in refer.refs_of_split("train")}
+    assert data.get_dataset_size() == len(train_refs)
+    epochs = batches(data, epochs=3)
+    table_ids = dict(zip(*[array.tolist() for array in eval_sample_ids(config, "train")[::-1]]))
+    choices, orders = [], []
+    for epoch in epochs:
+        ref_ids = [int(batch["ref_id"][0]) for batch in epoch]
+        assert Counter(ref_ids) == Counter(list(train_refs))
+        for batch in epoch[:10]:
+            ref_id, sent_id = int(batch["ref_id"][0]), int(batch["sent_id"][0])
+            assert table_ids[sent_id] == ref_id
+            np.testing.assert_array_equal(batch["mask"][0, 0], expected_mask(refer, ref_id))
+        for batch in epoch:
+            sent_ids = [sentence["sent_id"] for sentence in train_refs[int(batch["ref_id"][0])]["sentences"]]
+            assert int(batch["sent_id"][0]) in sent_ids
+        choices.append({int(batch["ref_id"][0]): int(batch["sent_id"][0]) for batch in epoch})
+        orders.append(ref_ids)
+    assert orders[0] != orders[1] != orders[2]
+    assert choices[0] != choices[1] or choices[1] != choices[2]
+
+
+def test_training_tokens_belong_to_the_chosen_sentence(mindrecord_dir):
+    config = make_config(mindrecord_dir, batch_size=1)
+    first = find_mindrecord(mindrecord_dir, "refcoco", "unc", "train")
+    rows = ds.MindDataset(first, columns_list=["sent_id", "input_ids"], shuffle=False)
+    tokens = {int(row["sent_id"]): row["input_ids"].tolist() for row in rows.create_dict_iterator(output_numpy=True)}
+    for batch in batches(create_dataset(config, "train", training=True, with_ids=True))[0]:
+        assert batch["input_ids"][0].tolist() == tokens[int(batch["sent_id"][0])]
+
+
+def test_training_is_seeded_and_resumable_by_epoch(mindrecord_dir):
+    config = make_config(mindrecord_dir)
+
+    def sent_ids(data, epochs):
+        return [[int(x) for batch in epoch for x in batch["sent_id"]] for epoch in batches(data, epochs)]
+
+    straight = sent_ids(create_dataset(config, "train", training=True, with_ids=True), 2)
+    again = sent_ids(create_dataset(config, "train", training=True, with_ids=True), 1)
+    resumed = sent_ids(create_dataset(config, "train", training=True, with_ids=True, epoch=1), 1)
+    assert again[0] == straight[0]
+    assert resumed[0] == straight[1]
+    other_seed = sent_ids(create_dataset(make_config(mindrecord_dir, seed=7), "train", training=True, with_ids=True), 1)
+    assert other_seed[0] != straight[0]
+
+
+def test_training_drops_the_remainder(mindrecord_dir, refer):
+    config = make_config(mindrecord_dir, batch_size=8)
+    num_refs = len(refer.refs_of_split("train"))
+    data = create_dataset(config, "train", training=True)
+    assert data.get_dataset_size() == num_refs // 8
+    assert all(batch["image"].shape[0] == 8 for batch in batches(data)[0])
+
+
+def test_training_shards_split_the_refs(mindrecord_dir, refer):
+    config = make_config(mindrecord_dir, batch_size=1)
+    num_refs = len(refer.refs_of_split("train"))
+    per_rank = []
+    for rank in range(3):
+        data = create_dataset(config, "train", training=True, rank_id=rank, group_size=3, with_ids=True)
+        per_rank.append([int(batch["ref_id"][0]) for batch in batches(data)[0]])
+    assert all(len(ids) == -(-num_refs // 3) for ids in per_rank)
+    assert set().union(*per_rank) == {ref["ref_id"] for ref in refer.refs_of_split("train")}
+
+
+def test_evaluation_yields_every_sentence_in_fixed_order(mindrecord_dir, refer):
+    config = make_config(mindrecord_dir)
+    data = create_dataset(config, "val", training=False, with_ids=True)
+    assert data.get_col_names() == ["image", "input_ids", "attention_mask", "mask", "ref_id", "sent_id"]
+    first, second = batches(data, epochs=2)
+    expected = [sentence["sent_id"] for ref in refer.refs_of_split("val") for sentence in ref["sentences"]]
+    got = [int(x) for batch in first for x in batch["sent_id"]]
+    assert got == expected == [int(x) for batch in second for x in batch["sent_id"]]
+    assert eval_sample_ids(config, "val")[1].tolist() == expected
+    assert all(batch["image"].shape[0] == config.eval_batch_size for batch in first[:-1])
+    assert first[-1]["image"].shape[0] == len(expected) - config.eval_batch_size * (len(first) - 1)
+    for batch in first[:2]:
+        for index, ref_id in enumerate(batch["ref_id"]):
+            np.testing.assert_array_equal(batch["mask"][index, 0], expected_mask(refer, int(ref_id)))
+
+
+@pytest.mark.parametrize("group_size", [2, 3])
+def test_evaluation_shards_read_every_sentence_once(mindrecord_dir, refer, group_size):
+    config = make_config(mindrecord_dir)
+    seen = []
+    for rank in range(group_size):
+        data = create_dataset(config, "val", training=False, rank_id=rank, group_size=group_size, with_ids=True)
+        ids = [int(x) for batch in batches(data)[0] for x in batch["sent_id"]]
+        assert ids == eval_sample_ids(config, "val", rank, group_size)[1].tolist()
+        seen += ids
+    assert sorted(seen) == sorted(s["sent_id"] for ref in refer.refs_of_split("val") for s in ref["sentences"])
+
+
+def test_normalisation_matches_numpy(mindrecord_dir):
+    config = make_config(mindrecord_dir)
+    first = find_mindrecord(mindrecord_dir, "refcoco", "unc", "val")
+    raw = next(ds.MindDataset(first, columns_list=["image"], shuffle=False).create_dict_iterator(output_numpy=True))
+    image_bytes = raw["image"].tobytes()
+    rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(image_bytes, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    resized = cv2.resize(rgb, (SIZE, SIZE), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    manual = ((resized / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)).transpose(2, 0, 1)
+    batch = batches(create_dataset(config, "val", training=False))[0][0]
+    np.testing.assert_allclose(batch["image"][0], manual, atol=1e-4)
+    np.testing.assert_array_equal(preprocess_image(decode_image(image_bytes), SIZE), batch["image"][0])
+    np.testing.assert_array_equal(preprocess_image(image_bytes, SIZE), batch["image"][0])
+
+
+def test_preprocess_image_contract():
+    image = np.random.default_rng(0).integers(0, 256, (30, 50, 3), dtype=np.uint8)
+    out = preprocess_image(image, 16)
+    assert out.shape == (3, 16, 16) and out.dtype == np.float32
+    with pytest.raises(ValueError, match="RGB"):
+        preprocess_image(image[:, :, 0], 16)
+
+
+def test_missing_mindrecord_is_named(tmp_path):
+    config = make_config(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="refcoco_unc_testA.mindrecord"):
+        create_dataset(config, "testA", training=False)
+    config = make_config(str(tmp_path), dataset="refcoco+")
+    with pytest.raises(FileNotFoundError, match="refcocop_unc_val.mindrecord"):
+        create_dataset(config, "val", training=True)
