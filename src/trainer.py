@@ -67,6 +67,7 @@ def train(config):
 
     train_data = create_dataset(config, "train", training=True, rank_id=rank_id, group_size=group_size)
     steps_per_epoch = train_data.get_dataset_size()
+    del train_data
     if steps_per_epoch == 0:
         raise ValueError(f"the train split has fewer samples per device than batch_size={config.batch_size}")
     val_data = None
@@ -89,14 +90,19 @@ def train(config):
         print(f"resumed from {config.resume_ckpt} at epoch {start_epoch}", flush=True)
     best_oiou = -1.0
     best_path = os.path.join(config.output_dir, "best.ckpt")
-    last_path = os.path.join(config.output_dir, "last.ckpt")
+    # Every rank keeps its own last.ckpt (rank r > 0 under rank_<r>/), so ranks can be compared.
+    rank_dir = config.output_dir if is_main else os.path.join(config.output_dir, f"rank_{rank_id}")
+    last_path = os.path.join(rank_dir, "last.ckpt")
+    end_epoch = config.epochs
+    if config.stop_after_epochs > 0:
+        end_epoch = min(config.epochs, start_epoch + config.stop_after_epochs)
     global_step = start_epoch * steps_per_epoch
     samples_per_step = config.batch_size * group_size
     if is_main:
         print(f"training: {steps_per_epoch} steps/epoch x {config.epochs} epochs, batch {config.batch_size} x "
               f"{group_size} device(s), from epoch {start_epoch}", flush=True)
 
-    for epoch in range(start_epoch, config.epochs):
+    for epoch in range(start_epoch, end_epoch):
         epoch_start = time.time()
         data = create_dataset(config, "train", training=True, rank_id=rank_id, group_size=group_size, epoch=epoch)
         totals = [0.0, 0.0, 0.0, 0.0]
@@ -118,8 +124,8 @@ def train(config):
                                   f"lr {lr:.3e} {step_time:.2f}s/step {record['samples_per_s']:.1f} samples/s")
         means = [value / steps_per_epoch for value in totals]
         state = {"epoch": epoch + 1, "step": global_step}
+        save_checkpoint(train_step, last_path, append_dict=state)
         if is_main:
-            save_checkpoint(train_step, last_path, append_dict=state)
             if config.save_epochs > 0 and (epoch + 1) % config.save_epochs == 0:
                 save_checkpoint(train_step, os.path.join(config.output_dir, f"coupalign_epoch{epoch + 1:03d}.ckpt"),
                                 append_dict=state)
