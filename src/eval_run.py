@@ -5,7 +5,7 @@ import sys
 
 from .checkpoint import CheckpointError, load_network_weights
 from .context import setup_context
-from .data.dataset import create_dataset
+from .data.dataset import check_token_ids, create_dataset
 from .metrics import format_table
 from .evaluate import evaluate_split
 from .models.coupalign import CoupAlign
@@ -39,6 +39,8 @@ def write_json_atomic(path, data):
 def run_eval(config):
     setup_context(config)
     splits = parse_splits(config)
+    for split in splits:
+        check_token_ids(config, split)
     datasets = {split: create_dataset(config, split, training=False, with_ids=True) for split in splits}
     net = CoupAlign(config)
     load_network_weights(net, config.ckpt_path)

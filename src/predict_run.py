@@ -10,7 +10,7 @@ import mindspore as ms
 from .checkpoint import CheckpointError, load_network_weights
 from .context import setup_context
 from .data.dataset import preprocess_image
-from .data.tokenizer import TokenizerError, build_tokenizer, encode_sentence, check_token_ids
+from .data.tokenizer import VocabError, build_tokenizer
 
 OVERLAY_COLOUR = (255, 80, 0)  # BGR: blue-ish fill
 OUTLINE_COLOUR = (0, 255, 255)
@@ -61,6 +61,22 @@ def overlay_mask(rgb, mask, sentence):
     return out
 
 
+def encode_query(config):
+    """Token ids and mask of --sentence; a sentence longer than max_tokens or a vocab larger than the
+    model's vocab_size is an error (the model would never see the end of it / an id it has no row for)."""
+    if not config.vocab_file:
+        raise PredictError("give --vocab_file (the vocab.txt the model was trained with)")
+    tokenizer = build_tokenizer(config.vocab_file)
+    if len(tokenizer) > config.vocab_size:
+        raise PredictError(f"{config.vocab_file} has {len(tokenizer)} tokens but the model's vocab_size is "
+                           f"{config.vocab_size}")
+    input_ids, attention_mask, length = tokenizer.encode_with_length(config.sentence, config.max_tokens)
+    if length > config.max_tokens:
+        raise PredictError(f"the sentence has {length} tokens with [CLS] and [SEP], more than max_tokens="
+                           f"{config.max_tokens}; shorten it")
+    return input_ids, attention_mask
+
+
 def predict(config):
     """Writes the overlay PNG to --output and returns the boolean mask at the image's own size."""
     if not config.sentence.strip():
@@ -68,9 +84,7 @@ def predict(config):
     if not config.mindir and not config.ckpt_path:
         raise PredictError("give --ckpt_path (a trained checkpoint) or --mindir (an exported model)")
     rgb = read_image(config.image)
-    tokenizer = build_tokenizer(config.vocab_file)
-    input_ids, attention_mask = encode_sentence(tokenizer, config.sentence, config.max_tokens, strict=True)
-    check_token_ids(input_ids, config.vocab_size)
+    input_ids, attention_mask = encode_query(config)
     setup_context(config)
     predictor = build_predictor(config)
     batch = config.export_batch_size if config.mindir else 1
@@ -97,7 +111,7 @@ def predict(config):
 def main(config):
     try:
         predict(config)
-    except (PredictError, TokenizerError, CheckpointError) as err:
+    except (PredictError, VocabError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

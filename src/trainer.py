@@ -9,7 +9,7 @@ import mindspore.nn as nn
 
 from .checkpoint import CheckpointError, load_network_weights, read_checkpoint, save_checkpoint
 from .context import setup_context
-from .data.dataset import create_dataset
+from .data.dataset import check_token_ids, create_dataset
 from .evaluate import evaluate_split, metrics_summary
 from .models.coupalign import CoupAlign
 from .models.losses import CoupAlignWithLoss
@@ -65,6 +65,7 @@ def train(config):
     os.makedirs(config.output_dir, exist_ok=True)
     log = JsonLog(os.path.join(config.output_dir, "train_log.jsonl"), enabled=is_main)
 
+    check_token_ids(config, "train")
     train_data = create_dataset(config, "train", training=True, rank_id=rank_id, group_size=group_size)
     steps_per_epoch = train_data.get_dataset_size()
     del train_data
@@ -72,7 +73,10 @@ def train(config):
         raise ValueError(f"the train split has fewer samples per device than batch_size={config.batch_size}")
     val_data = None
     if is_main and config.eval_interval > 0:
-        val_data = create_dataset(config, "val", training=False)
+        try:
+            val_data = create_dataset(config, "val", training=False)
+        except FileNotFoundError as err:
+            print(f"warning: no validation during training ({err}); best.ckpt will not be written", flush=True)
 
     net = build_network(config)
     loss_net = CoupAlignWithLoss(net, config)

@@ -227,3 +227,16 @@ def eval_sample_ids(config, split, rank_id=0, group_size=1):
     first_file = find_mindrecord(config.mindrecord_dir, config.dataset, config.split_by, split)
     table = read_row_table(first_file)
     return table["ref_id"][rank_id::group_size], table["sent_id"][rank_id::group_size]
+
+
+def check_token_ids(config, split):
+    """Raises ValueError when a stored token id is >= config.vocab_size (a vocab.txt other than the
+    model's was used for conversion); an out-of-range id would otherwise fail inside the graph."""
+    first_file = find_mindrecord(config.mindrecord_dir, config.dataset, config.split_by, split)
+    data = ds.MindDataset(first_file, columns_list=["input_ids"], shuffle=False, num_parallel_workers=1)
+    largest = -1
+    for (ids,) in data.create_tuple_iterator(output_numpy=True, num_epochs=1):
+        largest = max(largest, int(ids.max()))
+    if largest >= config.vocab_size:
+        raise ValueError(f"{first_file} holds token id {largest}, but the model's vocab_size is {config.vocab_size}: "
+                         "convert with the vocab.txt that matches the text encoder, or set --vocab_size")

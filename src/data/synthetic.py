@@ -220,13 +220,30 @@ def generate_synthetic(out_dir, num_images=300, seed=0, image_size=64):
     return {"images": len(images), "annotations": len(annotations), "refs": len(refs), "sentences": sent_id}
 
 
+def first_example(out_dir, split):
+    """(image path, raw sentence) of the lowest ref_id of `split` in a synthetic set written to out_dir."""
+    from .refer import Refer
+    refer = Refer(out_dir, "refcoco", "unc", os.path.join(out_dir, "images"))
+    refs = refer.refs_of_split(split)
+    if not refs:
+        raise SystemExit(f"error: no refs in split '{split}' of {out_dir}")
+    return refer.image_path(refs[0]["image_id"]), refs[0]["sentences"][0]["raw"]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Write a synthetic referring dataset in the REFER layout.")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--images", type=int, default=300, help="number of images")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image_size", type=int, default=64, help="image side in pixels")
+    parser.add_argument("--print_example", metavar="SPLIT", default="",
+                        help="do not write anything; print '<image path> <sentence>' of the first ref of SPLIT "
+                             "of an existing set in --out")
     args = parser.parse_args(argv)
+    if args.print_example:
+        image_path, sentence = first_example(args.out, args.print_example)
+        print(f"{image_path} {sentence}")
+        return 0
     counts = generate_synthetic(args.out, args.images, args.seed, args.image_size)
     print(f"synthetic set in {args.out}: {counts['images']} images, {counts['annotations']} objects, "
           f"{counts['refs']} refs, {counts['sentences']} sentences")

@@ -61,8 +61,10 @@ class CoupAlign(nn.Cell):
         self.bert_blocks = _stage_split(config.bert_num_layers, self.num_stages)
         hidden = config.bert_hidden_size
         dim = config.decoder_dim
-        self.wpa = nn.CellList([WordPixelAlignment(vis_dim, hidden, config.wpa_heads, config.wpa_dropout)
-                                for vis_dim in self.swin.dims])
+        self.wpa = nn.CellList([
+            WordPixelAlignment(vis_dim, hidden, config.wpa_heads, config.wpa_dropout, resolution,
+                               config.wpa_position_dim)
+            for vis_dim, resolution in zip(self.swin.dims, self.swin.resolutions)])
         self.sentence_pool = SentencePool(config.sentence_pool)
         self.sentence_proj = nn.Dense(hidden, dim)
         self.mask_generator = MaskGenerator(self.swin.dims, self.swin.resolutions, dim, config.num_queries,

@@ -1,31 +1,11 @@
 """Mask generator: FPN pixel decoder + query transformer decoder -> N mask embeddings and proposals."""
-import math
-
-import numpy as np
-
 import mindspore as ms
 import mindspore.nn as nn
 import mindspore.ops as ops
 from mindspore import Parameter, Tensor
 from mindspore.common.initializer import Normal, initializer
 
-from .layers import Mlp, MultiHeadAttention, UnfoldConv2d, layer_norm
-
-
-def sine_position_encoding(height, width, dim, temperature=10000.0):
-    """Fixed 2-D sine/cosine encoding, half the channels for y, half for x: (H*W, dim) float32."""
-    half = dim // 2
-    freqs = temperature ** (2 * (np.arange(half) // 2) / half)
-    ys = (np.arange(height, dtype=np.float64) + 0.5) / height * 2 * math.pi
-    xs = (np.arange(width, dtype=np.float64) + 0.5) / width * 2 * math.pi
-    pos_y = ys[:, None] / freqs
-    pos_x = xs[:, None] / freqs
-    pos_y = np.stack((np.sin(pos_y[:, 0::2]), np.cos(pos_y[:, 1::2])), axis=2).reshape(height, -1)
-    pos_x = np.stack((np.sin(pos_x[:, 0::2]), np.cos(pos_x[:, 1::2])), axis=2).reshape(width, -1)
-    grid = np.concatenate((np.repeat(pos_y[:, None], width, 1), np.repeat(pos_x[None], height, 0)), axis=2)
-    encoding = np.zeros((height, width, dim), np.float32)
-    encoding[:, :, :grid.shape[2]] = grid
-    return encoding.reshape(height * width, dim)
+from .layers import Mlp, MultiHeadAttention, UnfoldConv2d, layer_norm, sine_position_encoding
 
 
 class ConvNormAct(nn.Cell):

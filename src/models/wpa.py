@@ -1,9 +1,10 @@
 """Word-Pixel Alignment: bidirectional fusion of pixel and word features at one encoder stage."""
 import mindspore.nn as nn
 import mindspore.ops as ops
+from mindspore import Tensor
 from mindspore.common.initializer import Zero
 
-from .layers import MultiHeadAttention, layer_norm
+from .layers import MultiHeadAttention, layer_norm, sine_position_encoding
 
 
 class TanhGate(nn.Cell):
@@ -22,16 +23,28 @@ class PixelWordAttention(nn.Cell):
     """Language to vision: pixels query the words; the attended language multiplies the pixels.
 
     (B, HW, Cv), (B, T, Cl), (B, T) -> F (B, HW, Cv)
+
+    With `position_dim` > 0 a fixed 2-D sine encoding of each pixel's place in the image is projected
+    into the pixel features before the product, so that words such as "left" or "bottom" can select
+    pixels by where they are (Swin's relative position bias alone does not say where a window is).
     """
 
-    def __init__(self, vis_dim, lang_dim, num_heads, dropout=0.0):
+    def __init__(self, vis_dim, lang_dim, num_heads, dropout=0.0, resolution=None, position_dim=0):
         super().__init__()
         self.vis_proj = nn.Dense(vis_dim, vis_dim)
+        self.position = None
+        if position_dim > 0:
+            height, width = resolution
+            self.position = Tensor(sine_position_encoding(height, width, position_dim)[None])
+            self.position_proj = nn.Dense(position_dim, vis_dim)
         self.attn = MultiHeadAttention(vis_dim, lang_dim, vis_dim, num_heads, dropout=dropout)
         self.fuse_proj = nn.Dense(vis_dim, vis_dim)
 
     def construct(self, pixels, words, word_mask):
-        vis = ops.gelu(self.vis_proj(pixels), approximate="none")
+        vis = self.vis_proj(pixels)
+        if self.position is not None:
+            vis = vis + self.position_proj(self.position.astype(vis.dtype))
+        vis = ops.gelu(vis, approximate="none")
         lang = self.attn(pixels, words, words, word_mask)
         return ops.gelu(self.fuse_proj(vis * lang), approximate="none")
 
@@ -57,9 +70,9 @@ class WordPixelAlignment(nn.Cell):
     V (B, HW, Cv), L (B, T, Cl), mask (B, T) -> V' (B, HW, Cv), L' (B, T, Cl), S = F (B, HW, Cv)
     """
 
-    def __init__(self, vis_dim, lang_dim, num_heads=1, dropout=0.0):
+    def __init__(self, vis_dim, lang_dim, num_heads=1, dropout=0.0, resolution=None, position_dim=0):
         super().__init__()
-        self.lang_to_vis = PixelWordAttention(vis_dim, lang_dim, num_heads, dropout)
+        self.lang_to_vis = PixelWordAttention(vis_dim, lang_dim, num_heads, dropout, resolution, position_dim)
         self.vis_to_lang = WordPixelAttention(lang_dim, vis_dim, num_heads, dropout)
         self.vis_gate = TanhGate(vis_dim)
         self.lang_gate = TanhGate(lang_dim)

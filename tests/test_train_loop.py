@@ -1,0 +1,197 @@
+"""The whole loop on the synthetic referring set: convert, train, evaluate, export, predict; resume; msrun."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+import mindspore as ms
+
+from model_utils.config import get_config
+from src.data.refer import Refer
+from src.metrics import RefSegMetrics
+from tests.conftest import ROOT, TINY_CONFIG
+
+ENV = dict(os.environ, GLOG_v="3", PYTHONPATH=ROOT)
+# tiny_config's epochs are chosen so that the tiny model learns the synthetic set on a 2-core CPU.
+E2E_EPOCHS = get_config([], TINY_CONFIG).epochs
+
+
+def run(args, timeout=1200, check=True):
+    result = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
+                             f"{result.stderr[-3000:]}")
+    return result
+
+
+def make_referring_set(root, images, seed):
+    """Synthetic REFER data converted to MindRecord; returns the common command-line flags."""
+    data, records = root / "data", root / "mindrecord"
+    run([sys.executable, "-m", "src.data.synthetic", "--out", str(data), "--images", str(images),
+         "--seed", str(seed)])
+    flags = ["--config_path", TINY_CONFIG, "--mindrecord_dir", str(records), "--vocab_file",
+             str(data / "vocab.txt")]
+    run([sys.executable, "-m", "src.data.build_mindrecord", *flags, "--refer_data_root", str(data),
+         "--image_root", str(data / "images"), "--dataset", "refcoco", "--split_by", "unc"])
+    return data, flags
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    data, flags = make_referring_set(root, images=300, seed=0)
+    output = root / "output"
+    result = run([sys.executable, "train.py", *flags, "--output_dir", str(output)],
+                 timeout=2400)
+    return {"root": root, "data": data, "flags": flags, "output": output, "train_stdout": result.stdout}
+
+
+def category_union_baseline(data_dir, split, image_size):
+    """oIoU of predicting, for every sentence, the union of all objects of the ref's category."""
+    refer = Refer(str(data_dir), "refcoco", "unc", str(data_dir / "images"))
+    metrics = RefSegMetrics()
+    for ref in refer.refs_of_split(split):
+        ann_ids = refer.coco.getAnnIds(imgIds=[ref["image_id"]], catIds=[ref["category_id"]])
+        union = np.zeros_like(refer.ref_mask(ref))
+        for ann_id in ann_ids:
+            union |= refer.ref_mask({"ann_id": ann_id, "image_id": ref["image_id"]})
+        resize = lambda mask: cv2.resize(mask, (image_size, image_size), interpolation=cv2.INTER_NEAREST)
+        for _ in ref["sentences"]:
+            metrics.update(resize(union)[None] > 0, resize(refer.ref_mask(ref))[None] > 0)
+    return metrics.result()["oIoU"]
+
+
+def test_training_writes_checkpoints_and_logs(trained):
+    output = trained["output"]
+    assert (output / "last.ckpt").is_file() and (output / "best.ckpt").is_file()
+    records = [json.loads(line) for line in (output / "train_log.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss" in r]
+    assert steps and all(key in steps[0] for key in ("bce", "dice", "aux", "lr", "step_time", "samples_per_s"))
+    assert steps[-1]["loss"] < steps[0]["loss"]
+    assert sum("val" in r for r in records) == E2E_EPOCHS
+
+
+def test_trained_model_beats_the_category_union_baseline(trained):
+    result_json = trained["output"] / "results.json"
+    result = run([sys.executable, "eval.py", *trained["flags"], "--ckpt_path", str(trained["output"] / "best.ckpt"),
+                  "--eval_splits", "val,testA", "--result_json", str(result_json)])
+    results = json.loads(result_json.read_text())
+    assert set(results) == {"val", "testA"}
+    assert set(results["val"]) == {"oIoU", "mIoU", "prec@0.5", "prec@0.6", "prec@0.7", "prec@0.8", "prec@0.9",
+                                   "num_samples"}
+    baseline = category_union_baseline(trained["data"], "val", 64)
+    model = results["val"]["oIoU"]
+    print(f"\nsynthetic val oIoU: model {model:.4f}, category-union baseline {baseline:.4f}; "
+          f"testA oIoU {results['testA']['oIoU']:.4f}")
+    assert "| val |" in result.stdout
+    assert model >= 0.6
+    assert model >= baseline + 0.2
+
+
+def test_predict_from_checkpoint_and_from_mindir_agree(trained, tmp_path):
+    output = trained["output"]
+    run([sys.executable, "export.py", *trained["flags"], "--ckpt_path", str(output / "best.ckpt"),
+         "--file_name", str(tmp_path / "tiny"), "--file_format", "MINDIR"])
+    line = run([sys.executable, "-m", "src.data.synthetic", "--out", str(trained["data"]), "--print_example",
+                "val"]).stdout.strip()
+    image, sentence = line.split(" ", 1)
+    common = [sys.executable, "predict.py", *trained["flags"], "--image", image, "--sentence", sentence]
+    run(common + ["--ckpt_path", str(output / "best.ckpt"), "--output", str(tmp_path / "ckpt.png")])
+    run(common + ["--mindir", str(tmp_path / "tiny.mindir"), "--output", str(tmp_path / "mindir.png")])
+    from_ckpt = cv2.imread(str(tmp_path / "ckpt.png"))
+    from_mindir = cv2.imread(str(tmp_path / "mindir.png"))
+    assert from_ckpt.shape == cv2.imread(image).shape
+    assert np.array_equal(from_ckpt, from_mindir)
+
+
+def test_predict_refuses_bad_input_and_overwrites_nothing(trained, tmp_path):
+    output = tmp_path / "out.png"
+    output.write_bytes(b"keep me")
+    not_an_image = tmp_path / "notes.jpg"
+    not_an_image.write_text("this is text")
+    line = run([sys.executable, "-m", "src.data.synthetic", "--out", str(trained["data"]), "--print_example",
+                "val"]).stdout.strip()
+    image = line.split(" ", 1)[0]
+    common = [sys.executable, "predict.py", *trained["flags"], "--ckpt_path", str(trained["output"] / "best.ckpt"),
+              "--output", str(output)]
+    cases = {
+        "is not a readable image": ["--image", str(not_an_image), "--sentence", "the red circle"],
+        "image not found": ["--image", str(tmp_path / "missing.jpg"), "--sentence", "the red circle"],
+        "max_tokens": ["--image", image, "--sentence", " ".join(["the red circle on the left"] * 4)],
+    }
+    for expected, args in cases.items():
+        result = run(common + args, check=False)
+        assert result.returncode != 0, expected
+        assert expected in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert output.read_bytes() == b"keep me"
+
+
+def test_train_names_a_missing_mindrecord(tmp_path):
+    result = run([sys.executable, "train.py", "--config_path", TINY_CONFIG, "--mindrecord_dir", str(tmp_path),
+                  "--output_dir", str(tmp_path / "out")], check=False)
+    assert result.returncode != 0
+    assert "refcoco_unc_train.mindrecord" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out" / "last.ckpt").exists()
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory):
+    root = tmp_path_factory.mktemp("small")
+    _, flags = make_referring_set(root, images=40, seed=1)
+    # No randomness inside the network, so two runs see identical computations.
+    flags += ["--swin_drop_path_rate", "0", "--bert_dropout", "0", "--eval_interval", "0", "--batch_size", "4"]
+    return root, flags
+
+
+def read_params(path):
+    return {name: param.asnumpy() for name, param in ms.load_checkpoint(str(path)).items()}
+
+
+def test_resume_continues_exactly_where_training_stopped(small_set):
+    root, flags = small_set
+    straight, split = root / "straight", root / "split"
+    run([sys.executable, "train.py", *flags, "--epochs", "2", "--output_dir", str(straight)])
+    run([sys.executable, "train.py", *flags, "--epochs", "2", "--output_dir", str(split), "--stop_after_epochs", "1"])
+    first_half = read_params(split / "last.ckpt")
+    assert int(first_half["epoch"]) == 1
+    run([sys.executable, "train.py", *flags, "--epochs", "2", "--output_dir", str(split),
+         "--resume_ckpt", str(split / "last.ckpt")])
+    expected, actual = read_params(straight / "last.ckpt"), read_params(split / "last.ckpt")
+    assert set(expected) == set(actual)
+    for name, value in expected.items():
+        np.testing.assert_allclose(actual[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+    logs = [[json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+            for folder in (straight, split)]
+    last_lrs = [[r["lr"] for r in log if "lr" in r][-1] for log in logs]
+    assert last_lrs[0] == pytest.approx(last_lrs[1])
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_msrun_data_parallel_keeps_ranks_identical(small_set):
+    root, flags = small_set
+    output, logs = root / "parallel", root / "parallel_logs"
+    env = dict(ENV, LOG_DIR=str(logs), MASTER_PORT=str(free_port()), MSRUN=os.path.join(os.path.dirname(
+        sys.executable), "msrun"))
+    result = subprocess.run(["bash", "scripts/run_distribute_train.sh", "CPU", "2", TINY_CONFIG, *flags[2:],
+                             "--epochs", "1", "--output_dir", str(output)],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    worker_logs = sorted(logs.glob("worker_*.log"))
+    assert len(worker_logs) == 2
+    for log in worker_logs:
+        assert "done: mean loss" in log.read_text() or "step 1/" in log.read_text(), log.read_text()[-2000:]
+    rank0, rank1 = read_params(output / "last.ckpt"), read_params(output / "rank_1" / "last.ckpt")
+    weights = [name for name in rank0 if not name.startswith(("adam_", "global_step", "epoch", "step"))]
+    assert weights
+    for name in weights:
+        np.testing.assert_array_equal(rank0[name], rank1[name], err_msg=name)
