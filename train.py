@@ -1,13 +1,5 @@
 """Train CoupAlign: python train.py --config_path C --mindrecord_dir M --output_dir O [--resume_ckpt K]"""
-import sys
-
-from model_utils.config import ConfigError, get_config
-
+from model_utils.config import run_entry
 
 if __name__ == "__main__":
-    try:
-        CONFIG = get_config()
-    except ConfigError as err:
-        sys.exit(f"error: {err}")
-    from src.trainer import main
-    sys.exit(main(CONFIG))
+    run_entry("src.trainer")

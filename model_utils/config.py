@@ -4,6 +4,7 @@ Parsing is lazy (`get_config()`), so importing this module never reads sys.argv.
 """
 import argparse
 import ast
+import importlib
 import os
 import sys
 
@@ -155,3 +156,15 @@ def _print_help(path):
     print(f"usage: --config_path PATH and --<key> <value> for any key of {path}:")
     for key, value in data.items():
         print(f"  --{key} (default: {value!r})")
+
+
+def run_entry(module_name):
+    """Body of an entry script: parse the config, run `<module_name>.main(config)`, exit with its code.
+
+    The module is imported only after the config parsed, so a bad flag fails before MindSpore loads.
+    """
+    try:
+        config = get_config()
+    except ConfigError as err:
+        sys.exit(f"error: {err}")
+    sys.exit(importlib.import_module(module_name).main(config))

@@ -44,7 +44,7 @@ for LOG in "$LOG_DIR"/worker_*.log; do
     if grep -q -E "^error:|Traceback" "$LOG"; then
         echo "rank log $LOG reports a failure:" >&2
         tail -n 20 "$LOG" >&2
-        STATUS=${STATUS/#0/1}
+        if [ "$STATUS" -eq 0 ]; then STATUS=1; fi
     fi
 done
 if [ "$STATUS" -ne 0 ]; then

@@ -7,6 +7,7 @@ import time
 
 import mindspore.nn as nn
 
+from .amp import apply_mixed_precision
 from .checkpoint import CheckpointError, load_network_weights, read_checkpoint, save_checkpoint
 from .context import setup_context
 from .data.dataset import check_token_ids, create_dataset
@@ -18,28 +19,28 @@ from .optimizer import build_optimizer
 from .train_step import TrainStep
 
 class JsonLog:
-    """Appends one JSON object per line to `<output_dir>/train_log.jsonl` and echoes a line to stdout."""
+    """Echoes a line per record to stdout on every rank (prefixed by the rank when there are several) and,
+    on rank 0, appends the record as one JSON line to `<output_dir>/train_log.jsonl`."""
 
-    def __init__(self, path, enabled=True):
-        self.path = path
-        self.enabled = enabled
+    def __init__(self, path, rank_id=0, group_size=1):
+        self.path = path if rank_id == 0 else None
+        self.prefix = f"[rank {rank_id}] " if group_size > 1 else ""
 
     def write(self, record, echo):
-        if not self.enabled:
-            return
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
-        print(echo, flush=True)
+        if self.path is not None:
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+        print(self.prefix + echo, flush=True)
 
 
 def build_network(config):
-    """CoupAlign with the pretrained encoders the config names."""
+    """CoupAlign with the pretrained encoders the config names, in the config's precision."""
     net = CoupAlign(config)
     if config.pretrained_swin:
         load_pretrained(net.swin, config.pretrained_swin, "Swin")
     if config.pretrained_bert:
         load_pretrained(net.bert, config.pretrained_bert, "BERT")
-    return net
+    return apply_mixed_precision(net, config.amp_level)
 
 
 def restore_training_state(train_step, path):
@@ -63,7 +64,7 @@ def train(config):
     rank_id, group_size = setup_context(config, allow_parallel=True)
     is_main = rank_id == 0
     os.makedirs(config.output_dir, exist_ok=True)
-    log = JsonLog(os.path.join(config.output_dir, "train_log.jsonl"), enabled=is_main)
+    log = JsonLog(os.path.join(config.output_dir, "train_log.jsonl"), rank_id, group_size)
 
     check_token_ids(config, "train")
     train_data = create_dataset(config, "train", training=True, rank_id=rank_id, group_size=group_size)

@@ -166,3 +166,25 @@ def test_contrast_loss_by_hand():
     loss = foreground_contrast_loss(ms.Tensor(pixels), ms.Tensor(anchor), ms.Tensor(fg), tau)
     expected = -np.log(np.exp(1 / tau) / (np.exp(1 / tau) + np.exp(0.0)))
     np.testing.assert_allclose(float(loss.asnumpy()), expected, rtol=1e-5)
+
+
+def test_mixed_precision_keeps_norms_in_float32_and_returns_float32(tiny_config):
+    from src.amp import apply_mixed_precision
+    net = apply_mixed_precision(CoupAlign(tiny_config), "O2")
+    net.set_train(False)
+    image, input_ids, attention_mask, _ = make_batch(tiny_config)
+    logits = net(image, input_ids, attention_mask)
+    assert logits.dtype == ms.float32 and np.isfinite(logits.asnumpy()).all()
+    with pytest.raises(ValueError, match="amp_level"):
+        apply_mixed_precision(net, "O1")
+
+
+def test_training_wrappers_keep_the_network_parameter_names(tiny_config):
+    net = CoupAlign(tiny_config)
+    names = {param.name for param in net.get_parameters()}
+    loss_net = CoupAlignWithLoss(net, tiny_config)
+    optimizer = nn.AdamWeightDecay(loss_net.trainable_params(), learning_rate=1e-3)
+    step = TrainStep(loss_net, optimizer)
+    step_names = {param.name for param in step.get_parameters()}
+    assert names <= step_names
+    assert "swin.patch_embed.proj.weight" in names

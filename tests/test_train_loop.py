@@ -180,8 +180,10 @@ def free_port():
 def test_msrun_data_parallel_keeps_ranks_identical(small_set):
     root, flags = small_set
     output, logs = root / "parallel", root / "parallel_logs"
-    env = dict(ENV, LOG_DIR=str(logs), MASTER_PORT=str(free_port()), MSRUN=os.path.join(os.path.dirname(
-        sys.executable), "msrun"))
+    bin_dir = os.path.dirname(sys.executable)
+    # msrun starts each worker with the `python` found on PATH: make it this interpreter.
+    env = dict(ENV, LOG_DIR=str(logs), MASTER_PORT=str(free_port()), MSRUN=os.path.join(bin_dir, "msrun"),
+               PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""))
     result = subprocess.run(["bash", "scripts/run_distribute_train.sh", "CPU", "2", TINY_CONFIG, *flags[2:],
                              "--epochs", "1", "--output_dir", str(output)],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)

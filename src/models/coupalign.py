@@ -107,4 +107,4 @@ class CoupAlign(nn.Cell):
 
     def construct(self, image, input_ids, attention_mask):
         low_res_mask = self.forward_all(image, input_ids, attention_mask)[-1]
-        return self.upsample(low_res_mask)
+        return self.upsample(low_res_mask).astype(ms.float32)

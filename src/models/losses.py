@@ -42,7 +42,8 @@ class CoupAlignWithLoss(nn.Cell):
     """Training wrapper. image, ids, mask, gt (B, 1, S, S) -> total, (bce, dice, aux)"""
 
     def __init__(self, network, config):
-        super().__init__()
+        # No prefix: checkpoints of the training cell keep the network's own names (swin.*, bert.*, ...).
+        super().__init__(auto_prefix=False)
         self.network = network
         self.bce_weight = config.loss_bce
         self.dice_weight = config.loss_dice
@@ -58,7 +59,7 @@ class CoupAlignWithLoss(nn.Cell):
         bce = bce_with_logits(logits.astype(ms.float32), gt_mask.astype(ms.float32))
         dice = dice_loss(logits.astype(ms.float32), gt_mask.astype(ms.float32))
         small_gt = ops.interpolate(gt_mask, size=pixel_embed.shape[2:], mode="nearest")
-        aux = foreground_contrast_loss(pixel_embed.astype(ms.float32), self.aux_proj(sentence).astype(ms.float32),
+        aux = foreground_contrast_loss(pixel_embed.astype(ms.float32), self.aux_proj(sentence.astype(ms.float32)),
                                        small_gt.astype(ms.float32), self.temperature)
         total = self.bce_weight * bce + self.dice_weight * dice + self.aux_weight * aux
         return total, bce, dice, aux

@@ -2,7 +2,7 @@
 
     python -m src.tools.benchmark [--config_path default_config.yaml] [--runs 10] [--warmup 2]
         [--json out.json] [--no_torch] [--parts encoders,inference,train] [--train_batch 2]
-        [--<config key> <value> ...]
+        [--ms_threads N] [--torch_threads N,1] [--<config key> <value> ...]
 
 Parts, each measured in its own child process (so that its peak resident memory is its own):
   encoders   our Swin and BERT (GRAPH_MODE) and the same architectures in PyTorch transformers
@@ -11,8 +11,12 @@ Parts, each measured in its own child process (so that its peak resident memory 
              of the outputs comes first.
   inference  the whole CoupAlign forward pass at batch 1 (MindSpore only).
   train      one training step (forward, backward, clipping, AdamWeightDecay) at --train_batch.
-  stages     (not run by default) Swin stage by stage and BERT, MindSpore against PyTorch, to see
+  stages     (not run by default) the blocks of each Swin stage, MindSpore against PyTorch, to see
              where the time goes.
+
+Threads: MindSpore uses --ms_threads CPU kernel threads (default: all cores). PyTorch is timed at
+each count of --torch_threads (default: all cores, then 1): on a CPU shared with other work, OpenMP
+threads wait for each other and one PyTorch thread is often several times faster than all cores.
 
 Timings are medians (with quartiles and min/max) of --runs calls after --warmup calls. "first call"
 is the wall time of the very first call (graph compilation included); "compile" is that first call
@@ -31,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from importlib import metadata
 
 import numpy as np
@@ -453,9 +458,9 @@ def part_encoders(config, args):
         for threads in args.torch_threads:
             swin_calls.append(torch_call(torch, threads, lambda: torch_swin_maps(torch_swin, t_image)))
             bert_calls.append(torch_call(torch, threads, lambda: torch_bert_words(torch_bert, t_ids, t_mask)))
-            seconds, their_maps = first_call(f"encoders: PyTorch Swin ({threads} threads)", swin_calls[-1])
+            seconds, their_maps = first_call(f"encoders: PyTorch Swin ({plural(threads, 'thread')})", swin_calls[-1])
             swin_firsts.append(seconds)
-            seconds, their_words = first_call(f"encoders: PyTorch BERT ({threads} threads)", bert_calls[-1])
+            seconds, their_words = first_call(f"encoders: PyTorch BERT ({plural(threads, 'thread')})", bert_calls[-1])
             bert_firsts.append(seconds)
             if "parity" not in result:
                 result["parity"] = parity_record(our_maps, their_maps, our_words, their_words)
@@ -586,7 +591,8 @@ def part_stages(config, args):
             calls += [torch_call(torch, threads, torch_blocks) for threads in args.torch_threads]
         label = (f"stages: Swin stage {index + 1} ({len(swin.layers[index].blocks)} blocks, {height}x{width}, "
                  f"C={swin.dims[index]})")
-        firsts = [first_call(label, call)[0] for call in calls]
+        names = ["MindSpore"] + [f"PyTorch ({plural(threads, 'thread')})" for threads in args.torch_threads]
+        firsts = [first_call(f"{label} {name}", call)[0] for name, call in zip(names, calls)]
         warm_up(calls, args.warmup)
         times = interleaved_runs(calls, args.runs, label)
         record = {"mindspore": timing_record(firsts[0], times[0]), "torch": None}
@@ -606,12 +612,26 @@ PART_FUNCTIONS = {"encoders": part_encoders, "inference": part_inference, "train
 
 
 def run_child(args, config_argv):
-    """Runs one part in this (child) process and writes its result as JSON to args.child_result."""
+    """Runs one part in this (child) process and writes its result as JSON to args.child_result.
+
+    A part that raises leaves {"error": ...} with the exception's first line, and the exit code 1."""
     from model_utils.config import get_config
     config = get_config(config_argv, args.config_path)
-    result = PART_FUNCTIONS[args.child](config, args)
+    if args.recursion_limit:
+        ms.set_recursion_limit(args.recursion_limit)
+    failed = False
+    try:
+        result = PART_FUNCTIONS[args.child](config, args)
+    except Exception as err:  # any failure of the measured code is reported, not hidden
+        traceback.print_exc()
+        message = str(err).strip().splitlines()
+        result = {"error": f"{type(err).__name__}: {message[0] if message else ''}", "peak_rss_mb": peak_rss_mb()}
+        failed = True
+    if args.recursion_limit:
+        result["recursion_limit"] = args.recursion_limit
     with open(args.child_result, "w", encoding="utf-8") as handle:
         json.dump(result, handle)
+    return 1 if failed else 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -625,6 +645,8 @@ def child_command(part, args, config_argv, result_path):
                "--torch_threads", ",".join(str(threads) for threads in args.torch_threads)]
     if args.no_torch:
         command.append("--no_torch")
+    if args.recursion_limit:
+        command += ["--recursion_limit", str(args.recursion_limit)]
     return command + list(config_argv)
 
 
@@ -639,11 +661,15 @@ def run_part(part, args, config_argv):
         completed = subprocess.run(child_command(part, args, config_argv, result_path), cwd=workdir, env=env,
                                    stdout=sys.stderr, check=False)
         wall = time.perf_counter() - start
-        if completed.returncode != 0 or not os.path.isfile(result_path):
+        if not os.path.isfile(result_path):
             log(f"part '{part}': FAILED (exit code {completed.returncode})")
             return {"error": f"child process exited with code {completed.returncode}", "process_wall_s": wall}
         with open(result_path, "r", encoding="utf-8") as handle:
             result = json.load(handle)
+        if "error" in result:
+            log(f"part '{part}': FAILED: {result['error']}")
+            result["process_wall_s"] = wall
+            return result
     result["process_wall_s"] = wall
     log(f"part '{part}': done in {wall:.0f} s, peak RSS {result.get('peak_rss_mb', 0):.0f} MB")
     return result
@@ -656,13 +682,17 @@ def table_row(part, framework, record, rss=None):
             f"{record['compile_s']:.2f} | {rss_text} |")
 
 
+def plural(count, word):
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
 def torch_label(entry):
-    return f"PyTorch ({entry['threads']} thread{'s' if entry['threads'] != 1 else ''})"
+    return f"PyTorch ({plural(entry['threads'], 'thread')})"
 
 
 def encoder_rows(result):
     rows = []
-    ms_label = f"MindSpore ({result['mindspore']['threads']} threads)"
+    ms_label = f"MindSpore ({plural(result['mindspore']['threads'], 'thread')})"
     for key, label in (("swin", "Swin encoder"), ("bert", "BERT encoder"), ("total", "Swin + BERT")):
         rss = result.get("mindspore_peak_rss_mb") if key == "total" else None
         rows.append(table_row(label, ms_label, result["mindspore"][key], rss))
@@ -684,7 +714,8 @@ def stage_rows(result):
 
 def part_rows(part, result):
     if "error" in result:
-        return [f"| {part} | failed: {result['error']} | | | | | | |"]
+        error = result["error"].replace("|", "/")
+        return [f"| {part} | failed: {error} | | | | | | {result.get('peak_rss_mb', 0):.0f} |"]
     if part == "encoders":
         return encoder_rows(result)
     if part == "inference":
@@ -736,9 +767,11 @@ def encoder_notes(result):
         return []
     if not result.get("torch"):
         return [f"PyTorch not measured: {result.get('torch_skipped_reason')}."]
-    lines = [f"MindSpore / {torch_label(entry)}, ratio of medians: Swin {entry['ratio_mindspore_over_torch']['swin']:.2f}, "
-             f"BERT {entry['ratio_mindspore_over_torch']['bert']:.2f}, Swin + BERT "
-             f"{entry['ratio_mindspore_over_torch']['total']:.2f}." for entry in result["torch"]]
+    lines = []
+    for entry in result["torch"]:
+        ratio = entry["ratio_mindspore_over_torch"]
+        lines.append(f"MindSpore / {torch_label(entry)}, ratio of medians: Swin {ratio['swin']:.2f}, "
+                     f"BERT {ratio['bert']:.2f}, Swin + BERT {ratio['total']:.2f}.")
     parity = result["parity"]
     lines.append(f"Parity with the same weights: Swin max |diff| {parity['swin_max_abs_diff']:.2e}, BERT "
                  f"{parity['bert_max_abs_diff']:.2e} ({'OK' if parity['ok'] else 'MISMATCH'}, tolerance "
@@ -773,6 +806,8 @@ def parse_args(argv):
     parser.add_argument("--ms_threads", type=int, default=cores, help="MindSpore CPU op threads")
     parser.add_argument("--torch_threads", type=thread_list, default=thread_list(default_torch_threads(cores)),
                         help="PyTorch intra-op thread counts to time, comma list; the first is the main one")
+    parser.add_argument("--recursion_limit", type=int, default=0,
+                        help="mindspore.set_recursion_limit before compiling (0: MindSpore's default, 1000)")
     parser.add_argument("--child", choices=ALL_PARTS, help=argparse.SUPPRESS)
     parser.add_argument("--child_result", help=argparse.SUPPRESS)
     args, config_argv = parser.parse_known_args(argv)
@@ -796,8 +831,7 @@ def load_average():
 def main(argv=None):
     args, config_argv = parse_args(sys.argv[1:] if argv is None else argv)
     if args.child:
-        run_child(args, config_argv)
-        return 0
+        return run_child(args, config_argv)
     from model_utils.config import ConfigError, get_config
     try:
         config = get_config(config_argv, args.config_path)
@@ -807,7 +841,8 @@ def main(argv=None):
     log("PyTorch side: " + (f"skipped ({reason}); measuring MindSpore only" if reason else "enabled"))
     report = {"config_path": args.config_path, "image_size": config.image_size, "max_tokens": config.max_tokens,
               "runs": args.runs, "warmup": args.warmup, "train_batch": args.train_batch,
-              "ms_threads": args.ms_threads, "torch_threads": args.torch_threads if reason is None else [],
+              "ms_threads": args.ms_threads, "recursion_limit": args.recursion_limit or None,
+              "torch_threads": args.torch_threads if reason is None else [],
               "torch_enabled": reason is None, "torch_skipped_reason": reason, "machine": machine_info(),
               "parts": {}}
     for part in args.part_list:
