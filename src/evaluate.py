@@ -18,8 +18,8 @@ def evaluate_split(net, dataset, description="eval", per_sample_file=None, split
     metrics = RefSegMetrics()
     total = dataset.get_dataset_size()
     iterator = dataset.create_tuple_iterator(num_epochs=1)
-    for batch in tqdm(iterator, total=total, desc=description, file=sys.stdout, leave=False,
-                      disable=total < 2):
+    # disable=None: a progress bar on a terminal, none in log files.
+    for batch in tqdm(iterator, total=total, desc=description, file=sys.stdout, leave=False, disable=None):
         image, input_ids, attention_mask, mask = batch[:4]
         logits = net(image, input_ids, attention_mask).asnumpy()
         ious = metrics.update(logits[:, 0] > 0, mask.asnumpy()[:, 0] > 0.5)

@@ -14,6 +14,7 @@ from .data.tokenizer import VocabError, build_tokenizer
 
 OVERLAY_COLOUR = (255, 80, 0)  # BGR: blue-ish fill
 OUTLINE_COLOUR = (0, 255, 255)
+MIN_DISPLAY_SIDE = 320
 
 
 class PredictError(ValueError):
@@ -46,19 +47,27 @@ def build_predictor(config):
 
 
 def overlay_mask(rgb, mask, sentence):
-    """BGR uint8 image with the mask tinted, its outline drawn and the sentence written on top."""
+    """BGR uint8 picture: the image with the mask tinted and outlined, the sentence in a strip below.
+
+    Images smaller than MIN_DISPLAY_SIDE are enlarged (nearest neighbour) so that the outline and
+    the text stay legible; the mask itself is computed at the image's own size.
+    """
+    scale = max(1, int(np.ceil(MIN_DISPLAY_SIDE / min(mask.shape))))
     bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    if scale > 1:
+        bgr = cv2.resize(bgr, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+        mask = cv2.resize(mask.astype(np.uint8), None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST) > 0
     tinted = bgr.copy()
     tinted[mask] = OVERLAY_COLOUR
-    out = cv2.addWeighted(bgr, 0.5, tinted, 0.5, 0)
+    picture = cv2.addWeighted(bgr, 0.5, tinted, 0.5, 0)
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    thickness = max(1, round(min(mask.shape) / 200))
-    cv2.drawContours(out, contours, -1, OUTLINE_COLOUR, thickness)
-    scale = max(0.35, min(mask.shape) / 800)
-    (text_w, text_h), base = cv2.getTextSize(sentence, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-    cv2.rectangle(out, (0, 0), (min(text_w + 8, out.shape[1]), text_h + base + 8), (0, 0, 0), -1)
-    cv2.putText(out, sentence, (4, text_h + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
-    return out
+    cv2.drawContours(picture, contours, -1, OUTLINE_COLOUR, max(1, round(min(mask.shape) / 200)))
+    font_scale = max(0.45, min(mask.shape) / 900)
+    (_, text_h), baseline = cv2.getTextSize(sentence, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
+    strip = np.zeros((text_h + baseline + 12, picture.shape[1], 3), np.uint8)
+    cv2.putText(strip, sentence, (6, text_h + 6), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), 1,
+                cv2.LINE_AA)
+    return np.concatenate((picture, strip), axis=0)
 
 
 def encode_query(config):
