@@ -1,5 +1,8 @@
 """AdamW with parameter groups: no weight decay on norms, biases and position tables; a learning-rate
 multiplier for the parameters that are new to CoupAlign (fusion, decoder, heads)."""
+import numpy as np
+
+import mindspore as ms
 import mindspore.nn as nn
 from mindspore import Tensor
 
@@ -18,17 +21,46 @@ def is_pretrained(name):
     return name.startswith(PRETRAINED_PREFIXES)
 
 
+class LearningRates:
+    """Sets every group's learning rate for a step: base schedule x the group's multiplier.
+
+    The rates live in the optimizer's per-group lr Parameters and are written from Python before each
+    step; a per-group schedule inside the graph would make MindSpore select the rate of every one of
+    the ~800 parameters in the graph, which exceeds its call-depth limit at full size.
+    """
+
+    def __init__(self, optimizer, base_rates, multipliers):
+        self.base_rates = base_rates
+        unique = {}
+        for param in optimizer.learning_rate:
+            unique.setdefault(param.name, param)
+        self.groups = [(unique[f"learning_rate_group_{index}"], multiplier)
+                       for index, multiplier in enumerate(multipliers)]
+
+    def rate(self, step):
+        """Base learning rate of a step (the last one after the schedule ends)."""
+        return float(self.base_rates[min(step, len(self.base_rates) - 1)])
+
+    def set_step(self, step):
+        base = self.rate(step)
+        for param, multiplier in self.groups:
+            param.set_data(Tensor(np.float32(base * multiplier)))
+        return base
+
+
 def build_optimizer(params, config, steps_per_epoch):
-    """AdamWeightDecay over (decay or not) x (pretrained encoder or new) groups -> (optimizer, base lr per step)."""
+    """AdamWeightDecay over (decay or not) x (pretrained encoder or new) groups -> (optimizer, LearningRates)."""
     total_steps = config.epochs * steps_per_epoch
     warmup_steps = int(config.warmup_epochs * steps_per_epoch)
     base = poly_lr(config.lr, total_steps, warmup_steps, config.lr_power)
-    groups = []
+    groups, multipliers = [], []
     for pretrained in (True, False):
         multiplier = 1.0 if pretrained else config.new_param_lr_mult
         for decay in (True, False):
             members = [p for p in params if is_pretrained(p.name) == pretrained and uses_weight_decay(p.name) == decay]
             if members:
                 groups.append({"params": members, "weight_decay": config.weight_decay if decay else 0.0,
-                               "lr": Tensor(base * multiplier)})
-    return nn.AdamWeightDecay(groups, learning_rate=Tensor(base), weight_decay=0.0), base
+                               "lr": float(base[0] * multiplier)})
+                multipliers.append(multiplier)
+    optimizer = nn.AdamWeightDecay(groups, learning_rate=float(base[0]), weight_decay=0.0)
+    return optimizer, LearningRates(optimizer, base, multipliers)

@@ -2,6 +2,20 @@
 import mindspore as ms
 import mindspore.nn as nn
 import mindspore.ops as ops
+from mindspore import Tensor
+
+_square_sum = ops.MultitypeFuncGraph("square_sum")
+_scale = ops.MultitypeFuncGraph("scale")
+
+
+@_square_sum.register("Tensor")
+def _square_sum_tensor(grad):
+    return ops.reduce_sum(ops.square(grad.astype(ms.float32)))
+
+
+@_scale.register("Tensor", "Tensor")
+def _scale_tensor(factor, grad):
+    return grad * factor.astype(grad.dtype)
 
 
 class ScaledLoss(nn.Cell):
@@ -21,6 +35,8 @@ class TrainStep(nn.Cell):
     """inputs -> (total loss, *loss parts, grad norm, overflow flag); updates the weights.
 
     With `loss_scale` > 1 (GPU/Ascend float16), an update whose gradients are not finite is skipped.
+    Per-parameter work is mapped with HyperMap and summed with one AddN: a Python loop over the ~800
+    gradients of the full model would unroll into a graph deeper than MindSpore's call-depth limit.
     """
 
     def __init__(self, network_with_loss, optimizer, clip_norm=1.0, loss_scale=1.0, grad_reducer=None):
@@ -33,16 +49,20 @@ class TrainStep(nn.Cell):
         self.grad_fn = ops.value_and_grad(scaled, None, self.weights, has_aux=True)
         self.clip_norm = float(clip_norm)
         self.grad_reducer = grad_reducer if grad_reducer is not None else ops.identity
+        self.hyper_map = ops.HyperMap()
+        self.unscale = Tensor(1.0 / self.loss_scale, ms.float32)
 
     def construct(self, *inputs):
         outputs, grads = self.grad_fn(*inputs)
         grads = self.grad_reducer(grads)
         if self.loss_scale != 1.0:
-            grads = ops.HyperMap()(ops.partial(ops.mul, 1.0 / self.loss_scale), grads)
-        finite = ms.amp.all_finite(grads)
-        grad_norm = ops.stack([ops.norm(grad.astype(ms.float32)) for grad in grads]).norm()
+            grads = self.hyper_map(ops.partial(_scale, self.unscale), grads)
+        grad_norm = ops.sqrt(ops.addn(self.hyper_map(_square_sum, grads)))
+        # Any inf/nan gradient makes the norm non-finite.
+        finite = ops.isfinite(grad_norm)
         if self.clip_norm > 0:
-            grads = ops.clip_by_global_norm(grads, self.clip_norm)
+            factor = self.clip_norm / ops.maximum(grad_norm, self.clip_norm)
+            grads = self.hyper_map(ops.partial(_scale, factor), grads)
         if finite:
             self.optimizer(grads)
         total = outputs[0] / self.loss_scale

@@ -81,7 +81,7 @@ def train(config):
 
     net = build_network(config)
     loss_net = CoupAlignWithLoss(net, config)
-    optimizer, lr_per_step = build_optimizer(loss_net.trainable_params(), config, steps_per_epoch)
+    optimizer, learning_rates = build_optimizer(loss_net.trainable_params(), config, steps_per_epoch)
     reducer = None
     if group_size > 1:
         reducer = nn.DistributedGradReducer(optimizer.parameters, mean=True, degree=group_size)
@@ -113,11 +113,11 @@ def train(config):
         totals = [0.0, 0.0, 0.0, 0.0]
         for index, batch in enumerate(data.create_tuple_iterator(num_epochs=1)):
             step_start = time.time()
+            lr = learning_rates.set_step(global_step)
             total, bce, dice, aux, grad_norm, overflow = train_step(*batch)
             parts = [float(value.asnumpy()) for value in (total, bce, dice, aux)]
             step_time = time.time() - step_start
             totals = [a + b for a, b in zip(totals, parts)]
-            lr = float(lr_per_step[min(global_step, len(lr_per_step) - 1)])
             global_step += 1
             if index % config.log_interval == 0 or index == steps_per_epoch - 1:
                 record = {"epoch": epoch + 1, "step": global_step, "loss": parts[0], "bce": parts[1],

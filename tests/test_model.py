@@ -188,3 +188,18 @@ def test_training_wrappers_keep_the_network_parameter_names(tiny_config):
     step_names = {param.name for param in step.get_parameters()}
     assert names <= step_names
     assert "swin.patch_embed.proj.weight" in names
+
+
+def test_learning_rates_follow_the_schedule_per_group(tiny_config):
+    from src.optimizer import build_optimizer
+    config = tiny_config.copy()
+    config.new_param_lr_mult = 10.0
+    config.warmup_epochs = 1
+    net = CoupAlign(config)
+    optimizer, rates = build_optimizer(CoupAlignWithLoss(net, config).trainable_params(), config, 5)
+    assert len(rates.groups) == 4
+    base = rates.set_step(7)
+    assert base == pytest.approx(rates.rate(7)) and 0 < base < config.lr
+    values = sorted(float(param.asnumpy()) for param, _ in rates.groups)
+    np.testing.assert_allclose(values, [base, base, 10 * base, 10 * base], rtol=1e-6)
+    assert rates.rate(0) == pytest.approx(config.lr / 5)  # first warm-up step
