@@ -2,4 +2,4 @@
 from model_utils.config import run_entry
 
 if __name__ == "__main__":
-    run_entry("src.eval_run")
+    run_entry("src.eval_run", "run_eval")

@@ -3,4 +3,4 @@ python predict.py --config_path C --ckpt_path K --image IMG --sentence "..." --o
 from model_utils.config import run_entry
 
 if __name__ == "__main__":
-    run_entry("src.predict_run")
+    run_entry("src.predict_run", "predict")

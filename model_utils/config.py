@@ -158,13 +158,19 @@ def _print_help(path):
         print(f"  --{key} (default: {value!r})")
 
 
-def run_entry(module_name):
-    """Body of an entry script: parse the config, run `<module_name>.main(config)`, exit with its code.
+def run_entry(module_name, function_name):
+    """Body of an entry script: parse the config, run `<module_name>.<function_name>(config)`.
 
     The module is imported only after the config parsed, so a bad flag fails before MindSpore loads.
+    Errors about the user's input (ValueError and its kin, a missing file) end the run with exit
+    code 1 and a one-line message instead of a traceback.
     """
     try:
         config = get_config()
     except ConfigError as err:
         sys.exit(f"error: {err}")
-    sys.exit(importlib.import_module(module_name).main(config))
+    function = getattr(importlib.import_module(module_name), function_name)
+    try:
+        function(config)
+    except (ValueError, FileNotFoundError) as err:
+        sys.exit(f"error: {err}")

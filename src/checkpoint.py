@@ -4,7 +4,7 @@ import os
 import mindspore as ms
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable or does not fit the network."""
 
 

@@ -1,9 +1,8 @@
 """eval.py logic: metrics of a checkpoint on one or several splits, a table and a JSON file."""
 import json
 import os
-import sys
 
-from .checkpoint import CheckpointError, load_network_weights
+from .checkpoint import load_network_weights
 from .context import setup_context
 from .data.dataset import check_token_ids, create_dataset
 from .metrics import format_table
@@ -62,11 +61,3 @@ def run_eval(config):
         print(f"results written to {config.result_json}")
     return results
 
-
-def main(config):
-    try:
-        run_eval(config)
-    except (CheckpointError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0

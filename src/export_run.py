@@ -1,12 +1,11 @@
 """export.py logic: the inference network (image, input_ids, attention_mask) -> mask logits as MINDIR."""
 import os
-import sys
 
 import numpy as np
 
 import mindspore as ms
 
-from .checkpoint import CheckpointError, load_network_weights
+from .checkpoint import load_network_weights
 from .context import setup_context
 from .models.coupalign import CoupAlign
 
@@ -42,11 +41,3 @@ def run_export(config):
           f"{config.max_tokens}) int32)")
     return final
 
-
-def main(config):
-    try:
-        run_export(config)
-    except (CheckpointError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0

@@ -2,7 +2,6 @@
 multiplier for the parameters that are new to CoupAlign (fusion, decoder, heads)."""
 import numpy as np
 
-import mindspore as ms
 import mindspore.nn as nn
 from mindspore import Tensor
 

@@ -1,16 +1,15 @@
 """predict.py logic: one image and one sentence -> mask overlay PNG."""
 import os
-import sys
 
 import cv2
 import numpy as np
 
 import mindspore as ms
 
-from .checkpoint import CheckpointError, load_network_weights
+from .checkpoint import load_network_weights
 from .context import setup_context
 from .data.dataset import preprocess_image
-from .data.tokenizer import VocabError, build_tokenizer
+from .data.tokenizer import build_tokenizer
 
 OVERLAY_COLOUR = (255, 80, 0)  # BGR: blue-ish fill
 OUTLINE_COLOUR = (0, 255, 255)
@@ -116,11 +115,3 @@ def predict(config):
     print(f"mask covers {binary.mean() * 100:.1f}% of the image; overlay written to {output}")
     return binary
 
-
-def main(config):
-    try:
-        predict(config)
-    except (PredictError, VocabError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0

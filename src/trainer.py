@@ -2,7 +2,6 @@
 import glob
 import json
 import os
-import sys
 import time
 
 import mindspore.nn as nn
@@ -150,13 +149,4 @@ def train(config):
         print(f"last checkpoint: {last_path}" + (f"; best: {best_path} (val oIoU {best_oiou:.4f})"
                                                   if best_oiou >= 0 else ""), flush=True)
     return last_path
-
-
-def main(config):
-    try:
-        train(config)
-    except (CheckpointError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
 
