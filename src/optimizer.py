@@ -21,30 +21,24 @@ def is_pretrained(name):
 
 
 class LearningRates:
-    """Sets every group's learning rate for a step: base schedule x the group's multiplier.
+    """Every group's learning rate for a step: base schedule x the group's multiplier.
 
-    The rates live in the optimizer's per-group lr Parameters and are written from Python before each
-    step; a per-group schedule inside the graph would make MindSpore select the rate of every one of
-    the ~800 parameters in the graph, which exceeds its call-depth limit at full size.
+    TrainStep takes them as a graph input; a per-group schedule inside the graph would make MindSpore
+    select the rate of every one of the ~800 parameters, which exceeds its call-depth limit at full size.
     """
 
-    def __init__(self, optimizer, base_rates, multipliers):
+    def __init__(self, base_rates, multipliers):
         self.base_rates = base_rates
-        unique = {}
-        for param in optimizer.learning_rate:
-            unique.setdefault(param.name, param)
-        self.groups = [(unique[f"learning_rate_group_{index}"], multiplier)
-                       for index, multiplier in enumerate(multipliers)]
+        self.multipliers = np.asarray(multipliers, np.float32)
 
     def rate(self, step):
         """Base learning rate of a step (the last one after the schedule ends)."""
         return float(self.base_rates[min(step, len(self.base_rates) - 1)])
 
-    def set_step(self, step):
+    def for_step(self, step):
+        """-> (base rate, Tensor (groups,) float32 of the per-group rates)"""
         base = self.rate(step)
-        for param, multiplier in self.groups:
-            param.set_data(Tensor(np.float32(base * multiplier)))
-        return base
+        return base, Tensor(np.float32(base) * self.multipliers)
 
 
 def build_optimizer(params, config, steps_per_epoch):
@@ -62,4 +56,4 @@ def build_optimizer(params, config, steps_per_epoch):
                                "lr": float(base[0] * multiplier)})
                 multipliers.append(multiplier)
     optimizer = nn.AdamWeightDecay(groups, learning_rate=float(base[0]), weight_decay=0.0)
-    return optimizer, LearningRates(optimizer, base, multipliers)
+    return optimizer, LearningRates(base, multipliers)

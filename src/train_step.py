@@ -31,9 +31,24 @@ class ScaledLoss(nn.Cell):
         return (outputs[0] * self.scale,) + outputs[1:]
 
 
-class TrainStep(nn.Cell):
-    """inputs -> (total loss, *loss parts, grad norm, overflow flag); updates the weights.
+def learning_rate_parameters(optimizer):
+    """The optimizer's distinct learning-rate Parameters, one per group, in group order."""
+    rates = optimizer.learning_rate
+    if isinstance(rates, ms.Parameter):
+        return [rates]
+    unique = {}
+    for param in rates:
+        unique.setdefault(param.name, param)
+    return list(unique.values())
 
+
+class TrainStep(nn.Cell):
+    """(learning rate per optimizer group (G,), *inputs) -> (total loss, *loss parts, grad norm, overflow flag);
+    updates the weights.
+
+    The learning rates enter as a graph input and are assigned inside the graph: a Parameter changed
+    from Python with set_data is not seen by the optimizer call under `if finite:` (MindSpore 2.10
+    keeps the value it had when the graph was compiled).
     With `loss_scale` > 1 (GPU/Ascend float16), an update whose gradients are not finite is skipped.
     Per-parameter work is mapped with HyperMap and summed with one AddN: a Python loop over the ~800
     gradients of the full model would unroll into a graph deeper than MindSpore's call-depth limit.
@@ -51,8 +66,12 @@ class TrainStep(nn.Cell):
         self.grad_reducer = grad_reducer if grad_reducer is not None else ops.identity
         self.hyper_map = ops.HyperMap()
         self.unscale = Tensor(1.0 / self.loss_scale, ms.float32)
+        self.lr_params = ms.ParameterTuple(learning_rate_parameters(optimizer))
+        self.num_lr_groups = len(self.lr_params)
 
-    def construct(self, *inputs):
+    def construct(self, learning_rates, *inputs):
+        for index in range(self.num_lr_groups):
+            ops.assign(self.lr_params[index], learning_rates[index])
         outputs, grads = self.grad_fn(*inputs)
         grads = self.grad_reducer(grads)
         if self.loss_scale != 1.0:

@@ -112,8 +112,8 @@ def train(config):
         totals = [0.0, 0.0, 0.0, 0.0]
         for index, batch in enumerate(data.create_tuple_iterator(num_epochs=1)):
             step_start = time.time()
-            lr = learning_rates.set_step(global_step)
-            total, bce, dice, aux, grad_norm, overflow = train_step(*batch)
+            lr, group_rates = learning_rates.for_step(global_step)
+            total, bce, dice, aux, grad_norm, overflow = train_step(group_rates, *batch)
             parts = [float(value.asnumpy()) for value in (total, bce, dice, aux)]
             step_time = time.time() - step_start
             totals = [a + b for a, b in zip(totals, parts)]

@@ -9,7 +9,7 @@ from src.models.bert import BertModel
 from src.models.coupalign import CoupAlign
 from src.models.losses import CoupAlignWithLoss, bce_with_logits, dice_loss, foreground_contrast_loss
 from src.models.swin import SwinBlock, relative_position_index, shifted_window_mask
-from src.train_step import TrainStep
+from src.train_step import TrainStep, learning_rate_parameters
 
 
 def make_batch(config, batch=2, seed=0):
@@ -102,9 +102,10 @@ def test_forty_steps_halve_the_segmentation_loss(tiny_config):
     step = TrainStep(loss_net, optimizer, clip_norm=1.0)
     step.set_train(True)
     batch = make_batch(tiny_config, batch=4, seed=3)
+    rate = ms.Tensor([1e-3], ms.float32)
     seg_losses = []
     for _ in range(40):
-        total, bce, dice, aux, grad_norm, overflow = step(*batch)
+        total, bce, dice, aux, grad_norm, overflow = step(rate, *batch)
         assert not bool(overflow.asnumpy())
         seg_losses.append(float(bce.asnumpy()) + float(dice.asnumpy()))
     assert np.isfinite(seg_losses).all()
@@ -197,9 +198,33 @@ def test_learning_rates_follow_the_schedule_per_group(tiny_config):
     config.warmup_epochs = 1
     net = CoupAlign(config)
     optimizer, rates = build_optimizer(CoupAlignWithLoss(net, config).trainable_params(), config, 5)
-    assert len(rates.groups) == 4
-    base = rates.set_step(7)
+    assert len(rates.multipliers) == 4 == len(learning_rate_parameters(optimizer))
+    base, group_rates = rates.for_step(7)
     assert base == pytest.approx(rates.rate(7)) and 0 < base < config.lr
-    values = sorted(float(param.asnumpy()) for param, _ in rates.groups)
-    np.testing.assert_allclose(values, [base, base, 10 * base, 10 * base], rtol=1e-6)
+    np.testing.assert_allclose(group_rates.asnumpy(), [base, base, 10 * base, 10 * base], rtol=1e-6)
     assert rates.rate(0) == pytest.approx(config.lr / 5)  # first warm-up step
+
+
+def test_train_step_applies_the_learning_rates_it_is_given(tiny_config):
+    """A rate of zero for a group freezes that group; changing the rates between calls takes effect."""
+    from src.optimizer import build_optimizer
+    net = CoupAlign(tiny_config)
+    loss_net = CoupAlignWithLoss(net, tiny_config)
+    optimizer, _ = build_optimizer(loss_net.trainable_params(), tiny_config, 5)
+    step = TrainStep(loss_net, optimizer)
+    step.set_train(True)
+    batch = make_batch(tiny_config, batch=2, seed=4)
+    swin_weight = net.swin.patch_embed.proj.weight
+    decoder_params = [p for p in loss_net.trainable_params() if not p.name.startswith(("swin.", "bert."))]
+
+    def changes(rates):
+        before = swin_weight.asnumpy().copy(), [p.asnumpy().copy() for p in decoder_params]
+        step(ms.Tensor(np.asarray(rates, np.float32)), *batch)
+        return (np.abs(swin_weight.asnumpy() - before[0]).max(),
+                max(np.abs(p.asnumpy() - old).max() for p, old in zip(decoder_params, before[1])))
+
+    swin_change, decoder_change = changes([1e-3, 1e-3, 1e-3, 1e-3])
+    assert swin_change > 0 and decoder_change > 0
+    swin_change, decoder_change = changes([0.0, 0.0, 1e-3, 1e-3])
+    assert swin_change == 0 and decoder_change > 0
+    assert changes([0.0, 0.0, 0.0, 0.0]) == (0, 0)

@@ -535,12 +535,13 @@ def part_train(config, args):
     tensors = [ms.Tensor(inputs[key]) for key in ("image", "input_ids", "attention_mask", "gt_mask")]
     log(f"train: building CoupAlign + losses + AdamWeightDecay, batch {batch}")
     loss_net = CoupAlignWithLoss(CoupAlign(config), config)
-    optimizer, _ = build_optimizer(loss_net.trainable_params(), config, steps_per_epoch=1000)
+    optimizer, schedule = build_optimizer(loss_net.trainable_params(), config, steps_per_epoch=1000)
+    _, group_rates = schedule.for_step(0)
     step = TrainStep(loss_net, optimizer, config.grad_clip_norm, loss_scale=1.0)
     step.set_train(True)
 
     def train_step():
-        outputs = run_mindspore(step, *tensors)
+        outputs = run_mindspore(step, group_rates, *tensors)
         return float(outputs[0].asnumpy())
 
     first_s, loss = first_call("train", train_step)
