@@ -8,6 +8,7 @@ import mindspore as ms
 from .checkpoint import load_network_weights
 from .context import setup_context
 from .models.coupalign import CoupAlign
+from .models.kernels import set_cpu_kernels
 
 FORMATS = ("MINDIR", "AIR", "ONNX")
 
@@ -24,6 +25,8 @@ def run_export(config):
     if config.file_format not in FORMATS:
         raise ValueError(f"file_format must be one of {FORMATS}, got '{config.file_format}'")
     setup_context(config)
+    # A MINDIR must not call into a library compiled for this machine.
+    set_cpu_kernels(False)
     net = CoupAlign(config)
     load_network_weights(net, config.ckpt_path)
     net.set_train(False)

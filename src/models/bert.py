@@ -3,6 +3,7 @@ import mindspore as ms
 import mindspore.nn as nn
 import mindspore.ops as ops
 
+from .kernels import Gelu
 from .layers import layer_norm
 
 
@@ -62,6 +63,7 @@ class BertLayer(nn.Cell):
         self.attention_output = nn.Dense(hidden_size, hidden_size)
         self.attention_norm = layer_norm(hidden_size, eps)
         self.intermediate = nn.Dense(hidden_size, intermediate_size)
+        self.intermediate_act = Gelu()
         self.output = nn.Dense(intermediate_size, hidden_size)
         self.output_norm = layer_norm(hidden_size, eps)
         self.dropout = nn.Dropout(p=dropout)
@@ -69,7 +71,7 @@ class BertLayer(nn.Cell):
     def construct(self, x, mask_bias):
         attended = self.dropout(self.attention_output(self.attention(x, mask_bias)))
         x = self.attention_norm(x + attended)
-        hidden = ops.gelu(self.intermediate(x), approximate="none")
+        hidden = self.intermediate_act(self.intermediate(x))
         return self.output_norm(x + self.dropout(self.output(hidden)))
 
 

@@ -9,6 +9,8 @@ import mindspore.ops as ops
 from mindspore import Parameter
 from mindspore.common.initializer import HeUniform, Uniform, initializer
 
+from .kernels import Gelu, LayerNorm
+
 
 def sine_position_encoding(height, width, dim, temperature=10000.0):
     """Fixed 2-D sine/cosine encoding, half the channels for y, half for x: (H*W, dim) float32."""
@@ -28,7 +30,7 @@ def sine_position_encoding(height, width, dim, temperature=10000.0):
 
 def layer_norm(dim, eps=1e-5):
     """LayerNorm over the last axis; parameters are `gamma` and `beta`."""
-    return nn.LayerNorm((dim,), epsilon=eps)
+    return LayerNorm(dim, eps)
 
 
 class DropPath(nn.Cell):
@@ -55,11 +57,12 @@ class Mlp(nn.Cell):
         super().__init__()
         out_dim = out_dim or in_dim
         self.fc1 = nn.Dense(in_dim, hidden_dim)
+        self.act = Gelu()
         self.fc2 = nn.Dense(hidden_dim, out_dim)
         self.drop = nn.Dropout(p=drop) if drop > 0 else nn.Identity()
 
     def construct(self, x):
-        x = ops.gelu(self.fc1(x), approximate="none")
+        x = self.act(self.fc1(x))
         return self.fc2(self.drop(x))
 
 

@@ -13,6 +13,7 @@ import mindspore.ops as ops
 from mindspore import Parameter, Tensor
 from mindspore.common.initializer import HeUniform, TruncatedNormal, Uniform, initializer
 
+from .kernels import WindowSoftmax
 from .layers import DropPath, Mlp, layer_norm
 
 MASK_VALUE = -100.0
@@ -46,7 +47,7 @@ def shifted_window_mask(height, width, window_size, shift_size):
 class WindowAttention(nn.Cell):
     """Multi-head self-attention inside windows with relative position bias.
 
-    (B*nW, N, C) [+ mask (nW, N, N)] -> (B*nW, N, C)
+    (B*nW, N, C) [+ shift mask (nW, N, N)] -> (B*nW, N, C)
     """
 
     def __init__(self, dim, window_size, num_heads):
@@ -63,41 +64,48 @@ class WindowAttention(nn.Cell):
         self.qkv = nn.Dense(dim, 3 * dim)
         self.proj = nn.Dense(dim, dim)
         self.matmul_qk = ops.BatchMatMul(transpose_b=True)
+        self.softmax = WindowSoftmax(self.tokens)
 
     def _heads(self, x):
         """(B*nW, N, C) -> (B*nW, heads, N, head_dim)"""
         return x.reshape(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
 
     def position_bias(self):
-        """(heads, N, N) bias gathered from the table."""
-        bias = ops.gather(self.relative_position_bias_table, self.position_index, 0)
-        return bias.reshape(self.tokens, self.tokens, self.num_heads).transpose(2, 0, 1)
+        """(heads, N, N) bias gathered from the (transposed, small) table."""
+        bias = ops.gather(self.relative_position_bias_table.T, self.position_index, 1)
+        return bias.reshape(self.num_heads, self.tokens, self.tokens)
 
     def construct(self, x, mask=None):
         windows, tokens, _ = x.shape
         # Splitting on the channel axis first is several times faster on CPU than indexing a 5-D transpose.
         q, k, v = ops.split(self.qkv(x), self.dim, axis=-1)
         q, k, v = self._heads(q * self.scale), self._heads(k), self._heads(v)
-        scores = self.matmul_qk(q, k) + self.position_bias().astype(q.dtype)
-        if mask is not None:
-            num_windows = mask.shape[0]
-            scores = scores.reshape(-1, num_windows, self.num_heads, tokens, tokens)
-            scores = scores + mask.reshape(1, num_windows, 1, tokens, tokens).astype(scores.dtype)
-            scores = scores.reshape(windows, self.num_heads, tokens, tokens)
-        attn = ops.softmax(scores.astype(ms.float32), axis=-1).astype(v.dtype)
+        attn = self.softmax(self.matmul_qk(q, k), self.position_bias(), mask).astype(v.dtype)
         out = ops.matmul(attn, v).transpose(0, 2, 1, 3).reshape(windows, tokens, self.dim)
         return self.proj(out)
 
 
-def _roll_2d(x, shift):
-    """Cyclic shift of (B, H, W, C) by `shift` rows and columns (negative = towards the origin)."""
-    if shift == 0:
-        return x
-    height, width = x.shape[1], x.shape[2]
-    row_cut = shift % height
-    col_cut = shift % width
-    x = ops.concat((x[:, height - row_cut:], x[:, :height - row_cut]), axis=1)
-    return ops.concat((x[:, :, width - col_cut:], x[:, :, :width - col_cut]), axis=2)
+def window_token_indices(height, width, window_size, shift_size):
+    """Token order of the shifted, padded windows of an (H, W) map, and its inverse.
+
+    -> (gather (nW*ws*ws,) int32: source token of each window slot, H*W for a padding slot;
+        scatter (H*W,) int32: window slot of each source token)
+    One gather replaces pad + cyclic shift + window partition, another the reverse; both are
+    permutations (plus padding), so the result equals the official roll/partition exactly.
+    """
+    padded_height = int(math.ceil(height / window_size)) * window_size
+    padded_width = int(math.ceil(width / window_size)) * window_size
+    rows = (np.arange(padded_height) + shift_size) % padded_height
+    cols = (np.arange(padded_width) + shift_size) % padded_width
+    source = rows[:, None] * width + cols[None, :]
+    source[(rows >= height)[:, None] | (cols >= width)[None, :]] = height * width
+    windows_down, windows_across = padded_height // window_size, padded_width // window_size
+    gather = source.reshape(windows_down, window_size, windows_across, window_size).transpose(0, 2, 1, 3)
+    gather = gather.reshape(-1)
+    scatter = np.empty(height * width, np.int64)
+    real = gather < height * width
+    scatter[gather[real]] = np.nonzero(real)[0]
+    return gather.astype(np.int32), scatter.astype(np.int32)
 
 
 class SwinBlock(nn.Cell):
@@ -119,37 +127,20 @@ class SwinBlock(nn.Cell):
         self.norm2 = layer_norm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.attn_mask = None
+        gather, scatter = window_token_indices(height, width, window_size, shift_size)
+        self.has_padding = self.padded_height * self.padded_width > height * width
+        self.window_gather, self.window_scatter = Tensor(gather), Tensor(scatter)
         if shift_size > 0:
             self.attn_mask = Tensor(shifted_window_mask(
                 self.padded_height, self.padded_width, window_size, shift_size))
 
-    def _partition(self, x):
-        """(B, Hp, Wp, C) -> (B*nW, ws*ws, C)"""
-        batch, _, _, channels = x.shape
-        ws = self.window_size
-        x = x.reshape(batch, self.padded_height // ws, ws, self.padded_width // ws, ws, channels)
-        return x.transpose(0, 1, 3, 2, 4, 5).reshape(-1, ws * ws, channels)
-
-    def _merge(self, windows, batch):
-        """(B*nW, ws*ws, C) -> (B, Hp, Wp, C)"""
-        ws = self.window_size
-        channels = windows.shape[-1]
-        x = windows.reshape(batch, self.padded_height // ws, self.padded_width // ws, ws, ws, channels)
-        return x.transpose(0, 1, 3, 2, 4, 5).reshape(batch, self.padded_height, self.padded_width, channels)
-
     def _attention(self, x):
         batch, _, channels = x.shape
-        x = x.reshape(batch, self.height, self.width, channels)
-        pad_h = self.padded_height - self.height
-        pad_w = self.padded_width - self.width
-        if pad_h > 0 or pad_w > 0:
-            x = ops.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-        x = _roll_2d(x, -self.shift_size)
-        x = self._merge(self.attn(self._partition(x), self.attn_mask), batch)
-        x = _roll_2d(x, self.shift_size)
-        if pad_h > 0 or pad_w > 0:
-            x = x[:, :self.height, :self.width]
-        return x.reshape(batch, self.height * self.width, channels)
+        if self.has_padding:
+            x = ops.concat((x, ops.zeros((batch, 1, channels), x.dtype)), axis=1)
+        windows = ops.gather(x, self.window_gather, 1).reshape(-1, self.window_size ** 2, channels)
+        windows = self.attn(windows, self.attn_mask).reshape(batch, -1, channels)
+        return ops.gather(windows, self.window_scatter, 1)
 
     def construct(self, x):
         x = x + self.drop_path(self._attention(self.norm1(x)))

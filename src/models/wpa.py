@@ -4,6 +4,7 @@ import mindspore.ops as ops
 from mindspore import Tensor
 from mindspore.common.initializer import Zero
 
+from .kernels import Gelu
 from .layers import MultiHeadAttention, layer_norm, sine_position_encoding
 
 
@@ -39,14 +40,15 @@ class PixelWordAttention(nn.Cell):
             self.position_proj = nn.Dense(position_dim, vis_dim)
         self.attn = MultiHeadAttention(vis_dim, lang_dim, vis_dim, num_heads, dropout=dropout)
         self.fuse_proj = nn.Dense(vis_dim, vis_dim)
+        self.gelu = Gelu()
 
     def construct(self, pixels, words, word_mask):
         vis = self.vis_proj(pixels)
         if self.position is not None:
             vis = vis + self.position_proj(self.position.astype(vis.dtype))
-        vis = ops.gelu(vis, approximate="none")
+        vis = self.gelu(vis)
         lang = self.attn(pixels, words, words, word_mask)
-        return ops.gelu(self.fuse_proj(vis * lang), approximate="none")
+        return self.gelu(self.fuse_proj(vis * lang))
 
 
 class WordPixelAttention(nn.Cell):
