@@ -21,7 +21,7 @@ import mindspore.ops as ops
 from mindspore import Tensor
 
 SOURCE_DIR = os.path.dirname(os.path.abspath(__file__))
-COMPILE_FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp", "-shared", "-fPIC")
+COMPILE_FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-pthread", "-shared", "-fPIC")
 _STATE = {"enabled": True}
 
 

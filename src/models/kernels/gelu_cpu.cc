@@ -1,9 +1,7 @@
 // Exact (erf) GELU and its gradient for MindSpore's CPU backend, as AOT custom operators.
 // MindSpore's own CPU erf runs one scalar std::erf per element (about 10 ns each). Here erf is
 // Abramowitz-Stegun 7.1.26 (|error| < 1.5e-7) with a branch-free exp, so that the compiler vectorises
-// the loops, and OpenMP splits them over the cores.
-#include <omp.h>
-
+// the loops, and the work is split over the cores.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -16,6 +14,9 @@ namespace {
 using coupalign::all_float32;
 using coupalign::element_count;
 using coupalign::exp_nonpositive;
+using coupalign::parallel_for;
+
+constexpr int64_t kMinChunk = 1 << 15;
 
 constexpr float kInvSqrt2 = 0.70710678118654752f;
 constexpr float kInvSqrt2Pi = 0.39894228040143268f;
@@ -42,19 +43,6 @@ void gelu_grad_range(const float *__restrict x, const float *__restrict dy, floa
     }
 }
 
-// Calls body(begin, end) on one contiguous chunk per OpenMP thread, chunks aligned to 16 elements.
-template <typename Body>
-void parallel_chunks(int64_t count, Body body) {
-#pragma omp parallel
-    {
-        const int64_t threads = omp_get_num_threads();
-        const int64_t chunk = ((count + threads - 1) / threads + 15) / 16 * 16;
-        const int64_t begin = std::min(count, chunk * omp_get_thread_num());
-        const int64_t end = std::min(count, begin + chunk);
-        if (end > begin) body(begin, end);
-    }
-}
-
 }  // namespace
 
 // y = x * Phi(x).  params: x, y
@@ -63,8 +51,8 @@ extern "C" int GeluForward(int nparam, void **params, int *ndims, int64_t **shap
     if (nparam != 2 || !all_float32(nparam, dtypes)) return 1;
     const float *x = static_cast<const float *>(params[0]);
     float *y = static_cast<float *>(params[1]);
-    parallel_chunks(element_count(ndims[0], shapes[0]),
-                    [&](int64_t begin, int64_t end) { gelu_range(x + begin, y + begin, end - begin); });
+    parallel_for(element_count(ndims[0], shapes[0]), kMinChunk, 16,
+                 [=](int64_t begin, int64_t end, int64_t) { gelu_range(x + begin, y + begin, end - begin); });
     return 0;
 }
 
@@ -75,7 +63,7 @@ extern "C" int GeluBackward(int nparam, void **params, int *ndims, int64_t **sha
     const float *x = static_cast<const float *>(params[0]);
     const float *dy = static_cast<const float *>(params[1]);
     float *dx = static_cast<float *>(params[2]);
-    parallel_chunks(element_count(ndims[0], shapes[0]), [&](int64_t begin, int64_t end) {
+    parallel_for(element_count(ndims[0], shapes[0]), kMinChunk, 16, [=](int64_t begin, int64_t end, int64_t) {
         gelu_grad_range(x + begin, dy + begin, dx + begin, end - begin);
     });
     return 0;

@@ -1,8 +1,15 @@
-// Helpers shared by the CPU kernels: argument checks and a branch-free exp that vectorises.
+// Helpers shared by the CPU kernels: argument checks, a branch-free exp that vectorises, and a
+// parallel loop.
 #pragma once
 
+#include <sched.h>
+
+#include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <thread>
+#include <vector>
 
 namespace coupalign {
 
@@ -32,6 +39,37 @@ inline float exp_nonpositive(float v) {
     float scale;
     std::memcpy(&scale, &bits, sizeof(scale));
     return poly * scale;
+}
+
+// Cores this process may run on (affinity mask), or COUPALIGN_KERNEL_THREADS when set.
+inline int worker_count() {
+    static const int count = [] {
+        if (const char *configured = std::getenv("COUPALIGN_KERNEL_THREADS")) {
+            return std::max(1, std::atoi(configured));
+        }
+        cpu_set_t cpus;
+        if (sched_getaffinity(0, sizeof(cpus), &cpus) == 0) return std::max(1, CPU_COUNT(&cpus));
+        return std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+    }();
+    return count;
+}
+
+// Splits [0, count) into one contiguous chunk per worker (each a multiple of `align` items, at
+// least `min_chunk`) and calls body(begin, end, chunk_index); chunk 0 runs on the calling thread.
+// Threads are started per call and joined, not kept spinning: between our kernels MindSpore's own
+// thread pool needs the cores (an OpenMP team left spinning made the whole Swin forward 30% slower).
+template <typename Body>
+void parallel_for(int64_t count, int64_t min_chunk, int64_t align, Body body) {
+    const int64_t by_size = std::max<int64_t>(1, count / std::max<int64_t>(1, min_chunk));
+    const int64_t chunks = std::min<int64_t>(worker_count(), by_size);
+    const int64_t chunk = ((count + chunks - 1) / chunks + align - 1) / align * align;
+    std::vector<std::thread> helpers;
+    for (int64_t index = 1; index < chunks; ++index) {
+        const int64_t begin = std::min(count, index * chunk), end = std::min(count, begin + chunk);
+        if (end > begin) helpers.emplace_back(body, begin, end, index);
+    }
+    body(0, std::min(count, chunk), 0);
+    for (auto &helper : helpers) helper.join();
 }
 
 }  // namespace coupalign

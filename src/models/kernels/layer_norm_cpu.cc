@@ -1,8 +1,6 @@
 // LayerNorm over the last axis and its gradient for MindSpore's CPU backend, as AOT custom operators.
 // MindSpore's CPU LayerNorm costs 2-4 ns per element on Swin-sized inputs; here each row is two
-// vectorised passes, and rows are split over OpenMP threads.
-#include <omp.h>
-
+// vectorised passes, and rows are split over the cores.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -15,6 +13,10 @@ namespace {
 
 using coupalign::all_float32;
 using coupalign::element_count;
+using coupalign::parallel_for;
+
+// Rows per thread at least: below this, starting a thread costs more than it saves.
+constexpr int64_t kMinElementsPerChunk = 1 << 14;
 
 // Mean and 1/sqrt(variance + eps) of one row (two passes, as the reference implementations).
 void row_statistics(const float *__restrict x, int64_t width, float eps, float *mean, float *rstd) {
@@ -73,10 +75,11 @@ extern "C" int LayerNormForward(int nparam, void **params, int *ndims, int64_t *
     const float *beta = static_cast<const float *>(params[2]);
     const float eps = *static_cast<const float *>(params[3]);
     float *y = static_cast<float *>(params[4]);
-#pragma omp parallel for schedule(static)
-    for (int64_t row = 0; row < rows; ++row) {
-        normalise_row(x + row * width, gamma, beta, width, eps, y + row * width);
-    }
+    parallel_for(rows, std::max<int64_t>(1, kMinElementsPerChunk / width), 1, [=](int64_t begin, int64_t end, int64_t) {
+        for (int64_t row = begin; row < end; ++row) {
+            normalise_row(x + row * width, gamma, beta, width, eps, y + row * width);
+        }
+    });
     return 0;
 }
 
@@ -93,24 +96,23 @@ extern "C" int LayerNormBackward(int nparam, void **params, int *ndims, int64_t 
     float *dx = static_cast<float *>(params[4]);
     float *dgamma = static_cast<float *>(params[5]);
     float *dbeta = static_cast<float *>(params[6]);
-    // Per-thread partial sums, added in thread order afterwards, so that results do not depend on timing.
-    const int threads = omp_get_max_threads();
-    std::vector<float> partial_dgamma(threads * width, 0.0f), partial_dbeta(threads * width, 0.0f);
-#pragma omp parallel num_threads(threads)
-    {
-        const int thread = omp_get_thread_num();
-#pragma omp for schedule(static)
-        for (int64_t row = 0; row < rows; ++row) {
-            row_gradient(x + row * width, gamma, dy + row * width, width, eps, dx + row * width,
-                         partial_dgamma.data() + thread * width, partial_dbeta.data() + thread * width);
-        }
-    }
+    // Partial sums per chunk, added in chunk order afterwards, so that results do not depend on timing.
+    const int64_t chunks = coupalign::worker_count();
+    std::vector<float> partial_dgamma(chunks * width, 0.0f), partial_dbeta(chunks * width, 0.0f);
+    float *partial_g = partial_dgamma.data(), *partial_b = partial_dbeta.data();
+    parallel_for(rows, std::max<int64_t>(1, kMinElementsPerChunk / width), 1,
+                 [=](int64_t begin, int64_t end, int64_t chunk) {
+                     for (int64_t row = begin; row < end; ++row) {
+                         row_gradient(x + row * width, gamma, dy + row * width, width, eps, dx + row * width,
+                                      partial_g + chunk * width, partial_b + chunk * width);
+                     }
+                 });
     std::fill(dgamma, dgamma + width, 0.0f);
     std::fill(dbeta, dbeta + width, 0.0f);
-    for (int thread = 0; thread < threads; ++thread) {
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
         for (int64_t i = 0; i < width; ++i) {
-            dgamma[i] += partial_dgamma[thread * width + i];
-            dbeta[i] += partial_dbeta[thread * width + i];
+            dgamma[i] += partial_g[chunk * width + i];
+            dbeta[i] += partial_b[chunk * width + i];
         }
     }
     return 0;
