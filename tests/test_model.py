@@ -4,6 +4,7 @@ import pytest
 
 import mindspore as ms
 import mindspore.nn as nn
+import mindspore.ops as ops
 
 from src.models.bert import BertModel
 from src.models.coupalign import CoupAlign
@@ -228,3 +229,22 @@ def test_train_step_applies_the_learning_rates_it_is_given(tiny_config):
     swin_change, decoder_change = changes([0.0, 0.0, 1e-3, 1e-3])
     assert swin_change == 0 and decoder_change > 0
     assert changes([0.0, 0.0, 0.0, 0.0]) == (0, 0)
+
+
+def test_l2_normalize_matches_mindspore_forward_and_gradient():
+    from src.models.losses import l2_normalize
+    values = ms.Tensor(np.random.default_rng(0).standard_normal((2, 5, 7)).astype(np.float32))
+    weight = ms.Tensor(np.random.default_rng(1).standard_normal((2, 5, 7)).astype(np.float32))
+    reference = ops.L2Normalize(axis=1, epsilon=1e-12)
+
+    def ours(x):
+        return (l2_normalize(x, axis=1) * weight).sum()
+
+    def theirs(x):
+        return (reference(x) * weight).sum()
+
+    ours_out, ours_grad = ms.value_and_grad(ours)(values)
+    ref_out, ref_grad = ms.value_and_grad(theirs)(values)
+    np.testing.assert_allclose(ours_out.asnumpy(), ref_out.asnumpy(), rtol=1e-5)
+    np.testing.assert_allclose(ours_grad.asnumpy(), ref_grad.asnumpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(l2_normalize(values, axis=1).asnumpy(), axis=1), 1.0, rtol=1e-5)
