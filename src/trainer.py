@@ -43,13 +43,14 @@ def build_network(config):
 
 
 def restore_training_state(train_step, path):
-    """Loads weights and optimiser state from a last/epoch checkpoint; returns the epoch to start from."""
+    """Loads weights and optimiser state from a last/epoch checkpoint -> (epoch to start from, best val oIoU)."""
     param_dict = read_checkpoint(path)
     if "epoch" not in param_dict:
         raise CheckpointError(f"{path} holds no training state (epoch); resume from a checkpoint written by "
                               "train.py, or pass it as --pretrained_* / --ckpt_path instead")
     load_network_weights(train_step, path, param_dict)
-    return int(param_dict["epoch"].asnumpy())
+    best = param_dict.get("best_oiou")
+    return int(param_dict["epoch"].asnumpy()), float(best.asnumpy()) if best is not None else -1.0
 
 
 def prune_epoch_checkpoints(output_dir, keep):
@@ -88,11 +89,11 @@ def train(config):
     train_step = TrainStep(loss_net, optimizer, config.grad_clip_norm, loss_scale, reducer)
     train_step.set_train(True)
 
-    start_epoch = 0
+    start_epoch, best_oiou = 0, -1.0
     if config.resume_ckpt:
-        start_epoch = restore_training_state(train_step, config.resume_ckpt)
-        print(f"resumed from {config.resume_ckpt} at epoch {start_epoch}", flush=True)
-    best_oiou = -1.0
+        start_epoch, best_oiou = restore_training_state(train_step, config.resume_ckpt)
+        print(f"resumed from {config.resume_ckpt} at epoch {start_epoch}"
+              + (f" (best val oIoU so far {best_oiou:.4f})" if best_oiou >= 0 else ""), flush=True)
     best_path = os.path.join(config.output_dir, "best.ckpt")
     # Every rank keeps its own last.ckpt (rank r > 0 under rank_<r>/), so ranks can be compared.
     rank_dir = config.output_dir if is_main else os.path.join(config.output_dir, f"rank_{rank_id}")
@@ -127,23 +128,27 @@ def train(config):
                                   f"loss {parts[0]:.4f} (bce {parts[1]:.4f} dice {parts[2]:.4f} aux {parts[3]:.4f}) "
                                   f"lr {lr:.3e} {step_time:.2f}s/step {record['samples_per_s']:.1f} samples/s")
         means = [value / steps_per_epoch for value in totals]
-        state = {"epoch": epoch + 1, "step": global_step}
+        record = {"epoch": epoch + 1, "mean_loss": means[0], "epoch_time": time.time() - epoch_start}
+        message = f"epoch {epoch + 1}/{config.epochs} done: mean loss {means[0]:.4f} in {record['epoch_time']:.1f}s"
+        new_best = False
+        if val_data is not None and (epoch + 1) % config.eval_interval == 0:
+            metrics = evaluate_split(net, val_data, description="val")
+            record["val"] = metrics
+            message += f"; val {metrics_summary(metrics)}"
+            if metrics["oIoU"] > best_oiou:
+                best_oiou, new_best = metrics["oIoU"], True
+                message += " (best)"
+        # The best score travels with the checkpoints, so a resumed run does not overwrite best.ckpt
+        # with a worse epoch.
+        state = {"epoch": epoch + 1, "step": global_step, "best_oiou": float(best_oiou)}
         save_checkpoint(train_step, last_path, append_dict=state)
         if is_main:
             if config.save_epochs > 0 and (epoch + 1) % config.save_epochs == 0:
                 save_checkpoint(train_step, os.path.join(config.output_dir, f"coupalign_epoch{epoch + 1:03d}.ckpt"),
                                 append_dict=state)
                 prune_epoch_checkpoints(config.output_dir, config.keep_checkpoint_max)
-        record = {"epoch": epoch + 1, "mean_loss": means[0], "epoch_time": time.time() - epoch_start}
-        message = f"epoch {epoch + 1}/{config.epochs} done: mean loss {means[0]:.4f} in {record['epoch_time']:.1f}s"
-        if val_data is not None and (epoch + 1) % config.eval_interval == 0:
-            metrics = evaluate_split(net, val_data, description="val")
-            record["val"] = metrics
-            message += f"; val {metrics_summary(metrics)}"
-            if metrics["oIoU"] > best_oiou:
-                best_oiou = metrics["oIoU"]
+            if new_best:
                 save_checkpoint(train_step, best_path, append_dict=state)
-                message += " (best)"
         log.write(record, message)
     if is_main:
         print(f"last checkpoint: {last_path}" + (f"; best: {best_path} (val oIoU {best_oiou:.4f})"

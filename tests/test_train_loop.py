@@ -74,6 +74,10 @@ def test_training_writes_checkpoints_and_logs(trained):
     assert steps and all(key in steps[0] for key in ("bce", "dice", "aux", "lr", "step_time", "samples_per_s"))
     assert steps[-1]["loss"] < steps[0]["loss"]
     assert sum("val" in r for r in records) == E2E_EPOCHS
+    best = max(r["val"]["oIoU"] for r in records if "val" in r)
+    for name in ("last.ckpt", "best.ckpt"):
+        saved = ms.load_checkpoint(str(output / name))
+        assert float(saved["best_oiou"].asnumpy()) == pytest.approx(best, abs=1e-6), name
 
 
 def test_trained_model_beats_the_category_union_baseline(trained):
