@@ -88,6 +88,12 @@ def cpu_kernels_active():
     return _STATE["enabled"] and ms.get_context("device_target") == "CPU"
 
 
+def _kernel_for(source_name, build_primitive):
+    """The Custom primitive built from `source_name` for a Cell constructed now, or None (fall back)."""
+    library = compiled_library(source_name) if cpu_kernels_active() else None
+    return build_primitive(library) if library else None
+
+
 @functools.lru_cache(maxsize=None)
 def _gelu_primitive(library):
     backward = ops.Custom(f"{library}:GeluBackward", out_shape=lambda x, dy: x, out_dtype=lambda x, dy: x,
@@ -105,8 +111,7 @@ class Gelu(nn.Cell):
 
     def __init__(self):
         super().__init__()
-        library = compiled_library("gelu_cpu.cc") if cpu_kernels_active() else None
-        self.kernel = _gelu_primitive(library) if library else None
+        self.kernel = _kernel_for("gelu_cpu.cc", _gelu_primitive)
 
     def construct(self, x):
         if self.kernel is None:
@@ -135,8 +140,7 @@ class LayerNorm(nn.LayerNorm):
 
     def __init__(self, dim, eps=1e-5):
         super().__init__((dim,), epsilon=eps)
-        library = compiled_library("layer_norm_cpu.cc") if cpu_kernels_active() else None
-        self.kernel = _layer_norm_primitive(library) if library else None
+        self.kernel = _kernel_for("layer_norm_cpu.cc", _layer_norm_primitive)
         self.eps_tensor = Tensor([eps], ms.float32)
 
     def construct(self, x):
@@ -168,8 +172,7 @@ class WindowSoftmax(nn.Cell):
 
     def __init__(self, tokens):
         super().__init__()
-        library = compiled_library("window_softmax_cpu.cc") if cpu_kernels_active() else None
-        self.kernel = _window_softmax_primitive(library) if library else None
+        self.kernel = _kernel_for("window_softmax_cpu.cc", _window_softmax_primitive)
         self.no_mask = Tensor(np.zeros((1, tokens, tokens), np.float32))
 
     def construct(self, scores, bias, mask=None):

@@ -19,6 +19,9 @@ inline int64_t element_count(int ndim, const int64_t *shape) {
     return count;
 }
 
+// Rows of a tensor read as (rows, last axis): the product of all axes but the last.
+inline int64_t row_count(int ndim, const int64_t *shape) { return element_count(ndim - 1, shape); }
+
 inline bool all_float32(int nparam, const char **dtypes) {
     for (int index = 0; index < nparam; ++index) {
         if (std::strcmp(dtypes[index], "float32") != 0) return false;

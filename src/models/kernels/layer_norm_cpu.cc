@@ -12,8 +12,8 @@
 namespace {
 
 using coupalign::all_float32;
-using coupalign::element_count;
 using coupalign::parallel_for;
+using coupalign::row_count;
 
 // Rows per thread at least: below this, starting a thread costs more than it saves.
 constexpr int64_t kMinElementsPerChunk = 1 << 14;
@@ -69,7 +69,7 @@ extern "C" int LayerNormForward(int nparam, void **params, int *ndims, int64_t *
                                 void *stream, void *extra) {
     if (nparam != 5 || !all_float32(nparam, dtypes)) return 1;
     const int64_t width = shapes[0][ndims[0] - 1];
-    const int64_t rows = element_count(ndims[0], shapes[0]) / width;
+    const int64_t rows = row_count(ndims[0], shapes[0]);
     const float *x = static_cast<const float *>(params[0]);
     const float *gamma = static_cast<const float *>(params[1]);
     const float *beta = static_cast<const float *>(params[2]);
@@ -88,7 +88,7 @@ extern "C" int LayerNormBackward(int nparam, void **params, int *ndims, int64_t 
                                  void *stream, void *extra) {
     if (nparam != 7 || !all_float32(nparam, dtypes)) return 1;
     const int64_t width = shapes[0][ndims[0] - 1];
-    const int64_t rows = element_count(ndims[0], shapes[0]) / width;
+    const int64_t rows = row_count(ndims[0], shapes[0]);
     const float *x = static_cast<const float *>(params[0]);
     const float *gamma = static_cast<const float *>(params[1]);
     const float eps = *static_cast<const float *>(params[2]);

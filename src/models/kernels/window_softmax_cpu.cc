@@ -14,6 +14,7 @@ namespace {
 using coupalign::all_float32;
 using coupalign::exp_nonpositive;
 using coupalign::parallel_for;
+using coupalign::row_count;
 
 constexpr int64_t kMinElementsPerChunk = 1 << 14;
 
@@ -74,8 +75,7 @@ extern "C" int WindowSoftmaxBackward(int nparam, void **params, int *ndims, int6
                                      void *stream, void *extra) {
     if (nparam != 3 || !all_float32(nparam, dtypes)) return 1;
     const int64_t keys = shapes[0][ndims[0] - 1];
-    int64_t rows = 1;
-    for (int axis = 0; axis + 1 < ndims[0]; ++axis) rows *= shapes[0][axis];
+    const int64_t rows = row_count(ndims[0], shapes[0]);
     const float *probs = static_cast<const float *>(params[0]);
     const float *dprobs = static_cast<const float *>(params[1]);
     float *dscores = static_cast<float *>(params[2]);
