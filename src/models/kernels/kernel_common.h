@@ -5,6 +5,7 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -42,6 +43,75 @@ inline float exp_nonpositive(float v) {
     float scale;
     std::memcpy(&scale, &bits, sizeof(scale));
     return poly * scale;
+}
+
+// Reductions in a GCC vector type of 16 float lanes: without -ffast-math the compiler keeps a scalar
+// sum (or max) in source order and does not vectorise it; explicit lanes give a fixed order that
+// does vectorise, on any target.
+constexpr int64_t kLanes = 16;
+typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float))));
+
+inline Lanes load_lanes(const float *p) {
+    Lanes value;
+    std::memcpy(&value, p, sizeof(value));
+    return value;
+}
+
+inline Lanes broadcast_lanes(float value) {
+    Lanes lanes;
+    for (int64_t lane = 0; lane < kLanes; ++lane) lanes[lane] = value;
+    return lanes;
+}
+
+inline float lanes_sum(Lanes value) {
+    float total = 0.0f;
+    for (int64_t lane = 0; lane < kLanes; ++lane) total += value[lane];
+    return total;
+}
+
+inline float row_sum(const float *__restrict x, int64_t length) {
+    Lanes acc = broadcast_lanes(0.0f);
+    int64_t i = 0;
+    for (; i + kLanes <= length; i += kLanes) acc += load_lanes(x + i);
+    float total = lanes_sum(acc);
+    for (; i < length; ++i) total += x[i];
+    return total;
+}
+
+inline float row_dot(const float *__restrict a, const float *__restrict b, int64_t length) {
+    Lanes acc = broadcast_lanes(0.0f);
+    int64_t i = 0;
+    for (; i + kLanes <= length; i += kLanes) acc += load_lanes(a + i) * load_lanes(b + i);
+    float total = lanes_sum(acc);
+    for (; i < length; ++i) total += a[i] * b[i];
+    return total;
+}
+
+// Sum of (x - centre)^2.
+inline float row_centred_squares(const float *__restrict x, float centre, int64_t length) {
+    const Lanes centre_lanes = broadcast_lanes(centre);
+    Lanes acc = broadcast_lanes(0.0f);
+    int64_t i = 0;
+    for (; i + kLanes <= length; i += kLanes) {
+        const Lanes centred = load_lanes(x + i) - centre_lanes;
+        acc += centred * centred;
+    }
+    float total = lanes_sum(acc);
+    for (; i < length; ++i) total += (x[i] - centre) * (x[i] - centre);
+    return total;
+}
+
+inline float row_max(const float *__restrict x, int64_t length) {
+    Lanes best = broadcast_lanes(-INFINITY);
+    int64_t i = 0;
+    for (; i + kLanes <= length; i += kLanes) {
+        const Lanes values = load_lanes(x + i);
+        best = best > values ? best : values;
+    }
+    float top = -INFINITY;
+    for (int64_t lane = 0; lane < kLanes; ++lane) top = std::max(top, best[lane]);
+    for (; i < length; ++i) top = std::max(top, x[i]);
+    return top;
 }
 
 // Cores this process may run on (affinity mask), or COUPALIGN_KERNEL_THREADS when set.

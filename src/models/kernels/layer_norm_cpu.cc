@@ -12,22 +12,24 @@
 namespace {
 
 using coupalign::all_float32;
+using coupalign::broadcast_lanes;
+using coupalign::kLanes;
+using coupalign::Lanes;
+using coupalign::lanes_sum;
+using coupalign::load_lanes;
 using coupalign::parallel_for;
+using coupalign::row_centred_squares;
 using coupalign::row_count;
+using coupalign::row_dot;
+using coupalign::row_sum;
 
 // Rows per thread at least: below this, starting a thread costs more than it saves.
 constexpr int64_t kMinElementsPerChunk = 1 << 14;
 
 // Mean and 1/sqrt(variance + eps) of one row (two passes, as the reference implementations).
 void row_statistics(const float *__restrict x, int64_t width, float eps, float *mean, float *rstd) {
-    float sum = 0.0f;
-    for (int64_t i = 0; i < width; ++i) sum += x[i];
-    const float row_mean = sum / static_cast<float>(width);
-    float squares = 0.0f;
-    for (int64_t i = 0; i < width; ++i) {
-        const float centred = x[i] - row_mean;
-        squares += centred * centred;
-    }
+    const float row_mean = row_sum(x, width) / static_cast<float>(width);
+    const float squares = row_centred_squares(x, row_mean, width);
     *mean = row_mean;
     *rstd = 1.0f / std::sqrt(squares / static_cast<float>(width) + eps);
 }
@@ -39,21 +41,32 @@ void normalise_row(const float *__restrict x, const float *__restrict gamma, con
     for (int64_t i = 0; i < width; ++i) y[i] = (x[i] - mean) * rstd * gamma[i] + beta[i];
 }
 
+// Sum of a * b * (x - centre), in vector lanes (see kernel_common.h).
+float weighted_centred_dot(const float *__restrict a, const float *__restrict b, const float *__restrict x,
+                           float centre, int64_t length) {
+    const Lanes centre_lanes = broadcast_lanes(centre);
+    Lanes acc = broadcast_lanes(0.0f);
+    int64_t i = 0;
+    for (; i + kLanes <= length; i += kLanes) {
+        acc += load_lanes(a + i) * load_lanes(b + i) * (load_lanes(x + i) - centre_lanes);
+    }
+    float total = lanes_sum(acc);
+    for (; i < length; ++i) total += a[i] * b[i] * (x[i] - centre);
+    return total;
+}
+
 // dx for one row; adds the row's share of dgamma and dbeta into the thread's accumulators.
 void row_gradient(const float *__restrict x, const float *__restrict gamma, const float *__restrict dy,
                   int64_t width, float eps, float *__restrict dx, float *__restrict dgamma,
                   float *__restrict dbeta) {
     float mean, rstd;
     row_statistics(x, width, eps, &mean, &rstd);
-    float sum_g = 0.0f, sum_g_xhat = 0.0f;
     for (int64_t i = 0; i < width; ++i) {
-        const float xhat = (x[i] - mean) * rstd;
-        const float g = dy[i] * gamma[i];
-        sum_g += g;
-        sum_g_xhat += g * xhat;
-        dgamma[i] += dy[i] * xhat;
+        dgamma[i] += dy[i] * (x[i] - mean) * rstd;
         dbeta[i] += dy[i];
     }
+    const float sum_g = row_dot(dy, gamma, width);
+    const float sum_g_xhat = weighted_centred_dot(dy, gamma, x, mean, width) * rstd;
     const float mean_g = sum_g / static_cast<float>(width);
     const float mean_g_xhat = sum_g_xhat / static_cast<float>(width);
     for (int64_t i = 0; i < width; ++i) {

@@ -15,33 +15,18 @@ using coupalign::all_float32;
 using coupalign::exp_nonpositive;
 using coupalign::parallel_for;
 using coupalign::row_count;
+using coupalign::row_dot;
+using coupalign::row_max;
+using coupalign::row_sum;
 
 constexpr int64_t kMinElementsPerChunk = 1 << 14;
 
 void softmax_row(const float *__restrict scores, const float *__restrict bias, const float *__restrict mask,
                  int64_t length, float *__restrict out) {
     for (int64_t j = 0; j < length; ++j) out[j] = scores[j] + bias[j] + mask[j];
-    // Row maximum in a GCC vector type: the compiler does not vectorise a scalar max reduction (NaN
-    // rules), and a vector select keeps them while using the vector registers of any target.
-    constexpr int64_t kLanes = 16;
-    typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float))));
-    Lanes best;
-    for (int64_t lane = 0; lane < kLanes; ++lane) best[lane] = -INFINITY;
-    int64_t j = 0;
-    for (; j + kLanes <= length; j += kLanes) {
-        Lanes values;
-        std::memcpy(&values, out + j, sizeof(values));
-        best = best > values ? best : values;
-    }
-    float top = -INFINITY;
-    for (; j < length; ++j) top = std::max(top, out[j]);
-    for (int64_t lane = 0; lane < kLanes; ++lane) top = std::max(top, best[lane]);
-    float total = 0.0f;
-    for (int64_t k = 0; k < length; ++k) {
-        out[k] = exp_nonpositive(out[k] - top);
-        total += out[k];
-    }
-    const float inverse = 1.0f / total;
+    const float top = row_max(out, length);
+    for (int64_t k = 0; k < length; ++k) out[k] = exp_nonpositive(out[k] - top);
+    const float inverse = 1.0f / row_sum(out, length);
     for (int64_t k = 0; k < length; ++k) out[k] *= inverse;
 }
 
@@ -84,8 +69,7 @@ extern "C" int WindowSoftmaxBackward(int nparam, void **params, int *ndims, int6
             const float *__restrict p = probs + row * keys;
             const float *__restrict dp = dprobs + row * keys;
             float *__restrict ds = dscores + row * keys;
-            float dot = 0.0f;
-            for (int64_t j = 0; j < keys; ++j) dot += dp[j] * p[j];
+            const float dot = row_dot(dp, p, keys);
             for (int64_t j = 0; j < keys; ++j) ds[j] = p[j] * (dp[j] - dot);
         }
     });
