@@ -8,7 +8,7 @@ import mindspore as ms
 import mindspore.nn as nn
 
 from src.models import kernels
-from src.models.swin import shifted_window_mask
+from src.models.swin import shifted_window_mask, window_token_indices
 
 
 @pytest.fixture
@@ -69,6 +69,58 @@ def test_gelu_matches_exact_gelu(kernel_and_reference):
     values = np.random.default_rng(0).standard_normal((3, 7, 33)).astype(np.float32) * 4
     values[0, 0, :5] = [0.0, -0.0, 12.0, -12.0, 1e-8]
     assert_same(fast, reference, (ms.Tensor(values),), rtol=1e-5, atol=2e-6)
+
+
+def test_gelu_with_bias_matches_gelu_of_the_sum(kernel_and_reference):
+    fast, reference = kernel_and_reference(kernels.Gelu)
+    rng = np.random.default_rng(0)
+    values = ms.Tensor(rng.standard_normal((2, 5, 33)).astype(np.float32) * 3)
+    bias = ms.Tensor(rng.standard_normal(33).astype(np.float32))
+    assert_same(fast, reference, (values, bias), rtol=1e-5, atol=2e-6)
+
+
+def window_indices():
+    """A 3x3 token map in 2x2 windows, shifted by 1: four windows, five padding slots."""
+    gather, scatter = window_token_indices(3, 3, 2, 1)
+    return gather, scatter, ms.Tensor(gather), ms.Tensor(scatter)
+
+
+def test_qkv_heads_match_gather_bias_scale_and_split(kernel_and_reference):
+    fast, reference = kernel_and_reference(lambda: kernels.QkvHeads(num_heads=3, window_tokens=4, scale=0.25))
+    gather, _, slot_source, token_slot = window_indices()
+    rng = np.random.default_rng(0)
+    qkv = rng.standard_normal((2, 9, 3 * 12)).astype(np.float32)
+    bias = rng.standard_normal(3 * 12).astype(np.float32)
+    q, k, v = (part.asnumpy() for part in fast(ms.Tensor(qkv), ms.Tensor(bias), slot_source, token_slot))
+    padded = np.concatenate((qkv, np.zeros((2, 1, 36), np.float32)), axis=1)
+    by_hand = (padded[:, gather] + bias).reshape(2 * 4, 4, 3, 3, 4).transpose(2, 0, 3, 1, 4)  # part, W, heads, N, d
+    np.testing.assert_allclose(q, by_hand[0] * 0.25, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(k, by_hand[1])
+    np.testing.assert_array_equal(v, by_hand[2])
+    # The loss weighs all three outputs, so that each one's gradient path is checked.
+    inputs = (ms.Tensor(qkv), ms.Tensor(bias), slot_source, token_slot)
+    assert_same(ConcatOutputs(fast), ConcatOutputs(reference), inputs, rtol=1e-6, atol=1e-6, differentiable=2)
+
+
+def test_merge_heads_returns_window_slots_to_their_tokens(kernel_and_reference):
+    fast, reference = kernel_and_reference(lambda: kernels.MergeHeads(num_heads=3, window_tokens=4))
+    _, scatter, slot_source, token_slot = window_indices()
+    heads = np.random.default_rng(0).standard_normal((2 * 4, 3, 4, 5)).astype(np.float32)
+    merged = fast(ms.Tensor(heads), slot_source, token_slot).asnumpy()
+    slots = heads.transpose(0, 2, 1, 3).reshape(2, 16, 15)
+    np.testing.assert_array_equal(merged, slots[:, scatter])
+    assert_same(fast, reference, (ms.Tensor(heads), slot_source, token_slot), rtol=0, atol=0, differentiable=1)
+
+
+class ConcatOutputs(nn.Cell):
+    """A Cell's tuple of outputs concatenated on axis 1, as one tensor to weigh in a loss."""
+
+    def __init__(self, cell):
+        super().__init__()
+        self.cell = cell
+
+    def construct(self, *inputs):
+        return ms.ops.concat(self.cell(*inputs), axis=1)
 
 
 def test_layer_norm_matches_mindspore(kernel_and_reference):

@@ -145,8 +145,9 @@ def test_window_shrinks_and_shift_turns_off_on_small_stages():
     small = SwinBlock(8, (3, 3), 1, 7, 3, 4.0, 0.0)
     assert (small.window_size, small.shift_size, small.attn_mask) == (3, 0, None)
     padded = SwinBlock(8, (30, 30), 1, 12, 6, 4.0, 0.0)
-    assert (padded.padded_height, padded.window_size, padded.shift_size) == (36, 12, 6)
-    assert padded.attn_mask.shape == (9, 144, 144)
+    assert (padded.window_size, padded.shift_size) == (12, 6)
+    assert padded.attn_mask.shape == (9, 144, 144)  # 30x30 padded to 36x36
+    assert padded.window_gather.shape == (36 * 36,) and padded.window_scatter.shape == (30 * 30,)
 
 
 def test_losses_by_hand():

@@ -28,6 +28,18 @@ def sine_position_encoding(height, width, dim, temperature=10000.0):
     return encoding.reshape(height * width, dim)
 
 
+_MATMUL_TRANSPOSED_WEIGHT = ops.MatMul(transpose_b=True)
+
+
+def project(x, weight):
+    """x @ weight.T as nn.Dense computes it, without the bias. (..., in), (out, in) -> (..., out)
+
+    For layers whose bias is added by the next kernel (GELU, head split) in the same pass.
+    """
+    out = _MATMUL_TRANSPOSED_WEIGHT(x.reshape(-1, x.shape[-1]), weight.astype(x.dtype))
+    return out.reshape(x.shape[:-1] + (weight.shape[0],))
+
+
 def layer_norm(dim, eps=1e-5):
     """LayerNorm over the last axis; parameters are `gamma` and `beta`."""
     return LayerNorm(dim, eps)
@@ -51,7 +63,7 @@ class DropPath(nn.Cell):
 
 
 class Mlp(nn.Cell):
-    """Dense -> GELU -> Dense. (..., in_dim) -> (..., out_dim)"""
+    """Dense -> GELU -> Dense, fc1's bias added inside the GELU kernel. (..., in_dim) -> (..., out_dim)"""
 
     def __init__(self, in_dim, hidden_dim, out_dim=None, drop=0.0):
         super().__init__()
@@ -62,7 +74,7 @@ class Mlp(nn.Cell):
         self.drop = nn.Dropout(p=drop) if drop > 0 else nn.Identity()
 
     def construct(self, x):
-        x = self.act(self.fc1(x))
+        x = self.act(project(x, self.fc1.weight), self.fc1.bias)
         return self.fc2(self.drop(x))
 
 

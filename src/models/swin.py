@@ -13,8 +13,8 @@ import mindspore.ops as ops
 from mindspore import Parameter, Tensor
 from mindspore.common.initializer import HeUniform, TruncatedNormal, Uniform, initializer
 
-from .kernels import WindowSoftmax
-from .layers import DropPath, Mlp, layer_norm
+from .kernels import MergeHeads, QkvHeads, WindowSoftmax
+from .layers import DropPath, Mlp, layer_norm, project
 
 MASK_VALUE = -100.0
 
@@ -45,17 +45,17 @@ def shifted_window_mask(height, width, window_size, shift_size):
 
 
 class WindowAttention(nn.Cell):
-    """Multi-head self-attention inside windows with relative position bias.
+    """Multi-head self-attention inside (shifted, padded) windows with relative position bias.
 
-    (B*nW, N, C) [+ shift mask (nW, N, N)] -> (B*nW, N, C)
+    (B, L, C) tokens, slot_source (S,), token_slot (L,) [, shift mask (nW, N, N)] -> (B, L, C)
+    The qkv projection runs on the L tokens and the output projection after the windows are merged
+    back, so padding slots cost no matmul; window partition, shift and padding happen in the head split.
     """
 
     def __init__(self, dim, window_size, num_heads):
         super().__init__()
-        self.dim = dim
         self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = self.head_dim ** -0.5
+        self.scale = (dim // num_heads) ** -0.5
         self.tokens = window_size * window_size
         self.relative_position_bias_table = Parameter(
             initializer(TruncatedNormal(0.02), ((2 * window_size - 1) ** 2, num_heads), ms.float32),
@@ -63,26 +63,25 @@ class WindowAttention(nn.Cell):
         self.position_index = Tensor(relative_position_index(window_size))
         self.qkv = nn.Dense(dim, 3 * dim)
         self.proj = nn.Dense(dim, dim)
+        self.split_heads = QkvHeads(num_heads, self.tokens, self.scale)
+        self.merge_heads = MergeHeads(num_heads, self.tokens)
         self.matmul_qk = ops.BatchMatMul(transpose_b=True)
         self.softmax = WindowSoftmax(self.tokens)
-
-    def _heads(self, x):
-        """(B*nW, N, C) -> (B*nW, heads, N, head_dim)"""
-        return x.reshape(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
 
     def position_bias(self):
         """(heads, N, N) bias gathered from the (transposed, small) table."""
         bias = ops.gather(self.relative_position_bias_table.T, self.position_index, 1)
         return bias.reshape(self.num_heads, self.tokens, self.tokens)
 
-    def construct(self, x, mask=None):
-        windows, tokens, _ = x.shape
-        # Splitting on the channel axis first is several times faster on CPU than indexing a 5-D transpose.
-        q, k, v = ops.split(self.qkv(x), self.dim, axis=-1)
-        q, k, v = self._heads(q * self.scale), self._heads(k), self._heads(v)
+    def construct(self, x, slot_source, token_slot, mask=None):
+        q, k, v = self.split_heads(project(x, self.qkv.weight), self.qkv.bias, slot_source, token_slot)
         attn = self.softmax(self.matmul_qk(q, k), self.position_bias(), mask).astype(v.dtype)
-        out = ops.matmul(attn, v).transpose(0, 2, 1, 3).reshape(windows, tokens, self.dim)
-        return self.proj(out)
+        return self.proj(self.merge_heads(ops.matmul(attn, v), slot_source, token_slot))
+
+
+def padded_to_windows(size, window_size):
+    """The smallest multiple of the window size that holds `size`."""
+    return int(math.ceil(size / window_size)) * window_size
 
 
 def window_token_indices(height, width, window_size, shift_size):
@@ -93,8 +92,7 @@ def window_token_indices(height, width, window_size, shift_size):
     One gather replaces pad + cyclic shift + window partition, another the reverse; both are
     permutations (plus padding), so the result equals the official roll/partition exactly.
     """
-    padded_height = int(math.ceil(height / window_size)) * window_size
-    padded_width = int(math.ceil(width / window_size)) * window_size
+    padded_height, padded_width = padded_to_windows(height, window_size), padded_to_windows(width, window_size)
     rows = (np.arange(padded_height) + shift_size) % padded_height
     cols = (np.arange(padded_width) + shift_size) % padded_width
     source = rows[:, None] * width + cols[None, :]
@@ -119,8 +117,6 @@ class SwinBlock(nn.Cell):
         self.height, self.width = height, width
         self.window_size = window_size
         self.shift_size = shift_size
-        self.padded_height = int(math.ceil(height / window_size)) * window_size
-        self.padded_width = int(math.ceil(width / window_size)) * window_size
         self.norm1 = layer_norm(dim)
         self.attn = WindowAttention(dim, window_size, num_heads)
         self.drop_path = DropPath(drop_path)
@@ -128,19 +124,14 @@ class SwinBlock(nn.Cell):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.attn_mask = None
         gather, scatter = window_token_indices(height, width, window_size, shift_size)
-        self.has_padding = self.padded_height * self.padded_width > height * width
         self.window_gather, self.window_scatter = Tensor(gather), Tensor(scatter)
         if shift_size > 0:
             self.attn_mask = Tensor(shifted_window_mask(
-                self.padded_height, self.padded_width, window_size, shift_size))
+                padded_to_windows(height, window_size), padded_to_windows(width, window_size), window_size,
+                shift_size))
 
     def _attention(self, x):
-        batch, _, channels = x.shape
-        if self.has_padding:
-            x = ops.concat((x, ops.zeros((batch, 1, channels), x.dtype)), axis=1)
-        windows = ops.gather(x, self.window_gather, 1).reshape(-1, self.window_size ** 2, channels)
-        windows = self.attn(windows, self.attn_mask).reshape(batch, -1, channels)
-        return ops.gather(windows, self.window_scatter, 1)
+        return self.attn(x, self.window_gather, self.window_scatter, self.attn_mask)
 
     def construct(self, x):
         x = x + self.drop_path(self._attention(self.norm1(x)))

@@ -106,14 +106,40 @@ def _gelu_primitive(library):
                       func_type="aot", bprop=bprop)
 
 
+def _sum_over_rows(x):
+    """(..., C) -> (C,): the gradient of a bias broadcast over the last axis."""
+    return x.reshape(-1, x.shape[-1]).sum(axis=0)
+
+
+@functools.lru_cache(maxsize=None)
+def _bias_gelu_primitive(library):
+    backward = ops.Custom(f"{library}:BiasGeluBackward", out_shape=lambda x, bias, dy: x,
+                          out_dtype=lambda x, bias, dy: x, func_type="aot")
+
+    def bprop(x, bias, out, dout):
+        dx = backward(x, bias, dout)
+        return dx, _sum_over_rows(dx)
+
+    return ops.Custom(f"{library}:BiasGeluForward", out_shape=lambda x, bias: x, out_dtype=lambda x, bias: x,
+                      func_type="aot", bprop=bprop)
+
+
 class Gelu(nn.Cell):
-    """Exact (erf) GELU, through the compiled CPU kernel when active. (...) -> (...)"""
+    """Exact (erf) GELU of x [+ a bias over the last axis], through the compiled CPU kernels when active.
+
+    (..., C) [, (C,)] -> (..., C)
+    """
 
     def __init__(self):
         super().__init__()
         self.kernel = _kernel_for("gelu_cpu.cc", _gelu_primitive)
+        self.bias_kernel = _kernel_for("gelu_cpu.cc", _bias_gelu_primitive)
 
-    def construct(self, x):
+    def construct(self, x, bias=None):
+        if bias is not None and self.bias_kernel is not None:
+            return self.bias_kernel(x.astype(ms.float32), bias.astype(ms.float32)).astype(x.dtype)
+        if bias is not None:
+            x = x + bias.astype(x.dtype)
         if self.kernel is None:
             return ops.gelu(x, approximate="none")
         return self.kernel(x.astype(ms.float32)).astype(x.dtype)
@@ -189,3 +215,110 @@ class WindowSoftmax(nn.Cell):
             scores = scores + mask.reshape(1, num_windows, 1, tokens, tokens).astype(ms.float32)
             scores = scores.reshape(windows, heads, tokens, tokens)
         return ops.softmax(scores, axis=-1)
+
+
+def _zero_gradients(*constants):
+    return tuple(ops.zeros_like(constant) for constant in constants)
+
+
+def _window_heads_shape(rows, slot_source, layout, width):
+    """Shape (B*nW, heads, N, d) of per-head window tensors for `rows` images of `width` channels."""
+    heads, window_tokens = layout
+    return [rows * slot_source[0] // window_tokens, heads, window_tokens, width // heads]
+
+
+@functools.lru_cache(maxsize=None)
+def _qkv_heads_primitive(library):
+    backward = ops.Custom(
+        f"{library}:QkvHeadsBackward",
+        out_shape=lambda dq, dk, dv, scale, source, slot, layout: [dq[0] * dq[2] // source[0], slot[0],
+                                                                   3 * dq[1] * dq[3]],
+        out_dtype=lambda dq, dk, dv, scale, source, slot, layout: dq, func_type="aot")
+
+    def head_sum(d):
+        """(W, heads, N, d) -> (heads*d,)"""
+        return d.sum(axis=(0, 2)).reshape(-1)
+
+    def bprop(qkv, bias, scale, slot_source, token_slot, layout, out, dout):
+        dq, dk, dv = dout
+        dqkv = backward(dq, dk, dv, scale, slot_source, token_slot, layout)
+        # Padding slots hold the bias too, so its gradient sums over the slots, not the tokens.
+        dbias = ops.concat((head_sum(dq) * scale, head_sum(dk), head_sum(dv)))
+        return (dqkv, dbias) + _zero_gradients(scale, slot_source, token_slot, layout)
+
+    return ops.Custom(
+        f"{library}:QkvHeadsForward",
+        out_shape=lambda qkv, bias, scale, source, slot, layout: (
+            _window_heads_shape(qkv[0], source, layout, qkv[2] // 3),) * 3,
+        out_dtype=lambda qkv, bias, scale, source, slot, layout: (qkv, qkv, qkv), func_type="aot", bprop=bprop)
+
+
+class QkvHeads(nn.Cell):
+    """Bias-free qkv projection of the tokens -> queries (times `scale`), keys and values of every
+    window slot, split into heads; padding slots read a zero token (so they hold the bias).
+
+    (B, L, 3C), (3C,), slot_source (S,), token_slot (L,) -> 3 x (B*S/N, heads, N, C/heads)
+    """
+
+    def __init__(self, num_heads, window_tokens, scale):
+        super().__init__()
+        self.num_heads = num_heads
+        self.window_tokens = window_tokens
+        self.scale = scale
+        self.scale_tensor = Tensor([scale], ms.float32)
+        self.layout = Tensor(np.zeros((num_heads, window_tokens), np.int32))  # only its shape is read
+        self.kernel = _kernel_for("attention_heads_cpu.cc", _qkv_heads_primitive)
+
+    def _heads(self, x):
+        """(B, S, C) -> (B*S/N, heads, N, C/heads)"""
+        return x.reshape(-1, self.window_tokens, self.num_heads, x.shape[-1] // self.num_heads).transpose(0, 2, 1, 3)
+
+    def construct(self, qkv, bias, slot_source, token_slot):
+        if self.kernel is not None:
+            # Under mixed precision every float tensor of the Cell arrives in float16: cast back.
+            scale = self.scale_tensor.astype(ms.float32)
+            q, k, v = self.kernel(qkv.astype(ms.float32), bias.astype(ms.float32), scale, slot_source, token_slot,
+                                  self.layout)
+            return q.astype(qkv.dtype), k.astype(qkv.dtype), v.astype(qkv.dtype)
+        batch, tokens, width = qkv.shape
+        if slot_source.shape[0] > tokens:
+            qkv = ops.concat((qkv, ops.zeros((batch, 1, width), qkv.dtype)), axis=1)
+        slots = ops.gather(qkv, slot_source, 1) + bias.astype(qkv.dtype)
+        # Splitting on the channel axis first is several times faster on CPU than indexing a 5-D transpose.
+        q, k, v = ops.split(slots, width // 3, axis=-1)
+        return self._heads(q * self.scale), self._heads(k), self._heads(v)
+
+
+@functools.lru_cache(maxsize=None)
+def _merge_heads_primitive(library):
+    backward = ops.Custom(f"{library}:MergeHeadsBackward",
+                          out_shape=lambda dy, source, slot, layout: _window_heads_shape(dy[0], source, layout, dy[2]),
+                          out_dtype=lambda dy, source, slot, layout: dy, func_type="aot")
+
+    # The forward input is not passed on: a bprop that takes it keeps it alive until the backward
+    # pass, even if the kernel would read only its shape.
+    def bprop(x, slot_source, token_slot, layout, out, dout):
+        return (backward(dout, slot_source, token_slot, layout),) + _zero_gradients(slot_source, token_slot, layout)
+
+    return ops.Custom(f"{library}:MergeHeadsForward",
+                      out_shape=lambda x, source, slot, layout: [x[0] * x[2] // source[0], slot[0], x[1] * x[3]],
+                      out_dtype=lambda x, source, slot, layout: x, func_type="aot", bprop=bprop)
+
+
+class MergeHeads(nn.Cell):
+    """Per-head attention output of the window slots back to the tokens (padding slots dropped).
+
+    (B*S/N, heads, N, d), slot_source (S,), token_slot (L,) -> (B, L, heads*d)
+    """
+
+    def __init__(self, num_heads, window_tokens):
+        super().__init__()
+        self.layout = Tensor(np.zeros((num_heads, window_tokens), np.int32))  # only its shape is read
+        self.kernel = _kernel_for("attention_heads_cpu.cc", _merge_heads_primitive)
+
+    def construct(self, x, slot_source, token_slot):
+        if self.kernel is not None:
+            return self.kernel(x.astype(ms.float32), slot_source, token_slot, self.layout).astype(x.dtype)
+        windows, heads, tokens, head_dim = x.shape
+        slots = x.transpose(0, 2, 1, 3).reshape(-1, slot_source.shape[0], heads * head_dim)
+        return ops.gather(slots, token_slot, 1)
