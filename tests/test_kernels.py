@@ -112,6 +112,13 @@ def test_merge_heads_returns_window_slots_to_their_tokens(kernel_and_reference):
     assert_same(fast, reference, (ms.Tensor(heads), slot_source, token_slot), rtol=0, atol=0, differentiable=1)
 
 
+def test_swap_last_axes_is_a_transpose(kernel_and_reference):
+    fast, reference = kernel_and_reference(kernels.SwapLastAxes)
+    values = np.random.default_rng(0).standard_normal((2, 3, 37, 70)).astype(np.float32)  # partial tiles
+    np.testing.assert_array_equal(fast(ms.Tensor(values)).asnumpy(), values.swapaxes(-1, -2))
+    assert_same(fast, reference, (ms.Tensor(values),), rtol=0, atol=0)
+
+
 class ConcatOutputs(nn.Cell):
     """A Cell's tuple of outputs concatenated on axis 1, as one tensor to weigh in a loss."""
 

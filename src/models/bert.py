@@ -4,7 +4,7 @@ import mindspore.nn as nn
 import mindspore.ops as ops
 
 from .kernels import Gelu
-from .layers import layer_norm
+from .layers import layer_norm, project
 
 
 class BertEmbeddings(nn.Cell):
@@ -71,7 +71,7 @@ class BertLayer(nn.Cell):
     def construct(self, x, mask_bias):
         attended = self.dropout(self.attention_output(self.attention(x, mask_bias)))
         x = self.attention_norm(x + attended)
-        hidden = self.intermediate_act(self.intermediate(x))
+        hidden = self.intermediate_act(project(x, self.intermediate.weight), self.intermediate.bias)
         return self.output_norm(x + self.dropout(self.output(hidden)))
 
 

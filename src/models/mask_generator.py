@@ -5,6 +5,7 @@ import mindspore.ops as ops
 from mindspore import Parameter, Tensor
 from mindspore.common.initializer import Normal, initializer
 
+from .kernels import SwapLastAxes
 from .layers import Mlp, MultiHeadAttention, UnfoldConv2d, layer_norm, sine_position_encoding
 
 
@@ -89,6 +90,7 @@ class MaskGenerator(nn.Cell):
         self.query_pos = Parameter(initializer(Normal(1.0), (num_queries, dim), ms.float32), name="query_pos")
         self.layers = nn.CellList([QueryDecoderLayer(dim, num_heads, ffn_dim, dropout) for _ in range(num_layers)])
         self.norm = layer_norm(dim)
+        self.to_tokens = SwapLastAxes()
         self.mask_embed = nn.SequentialCell([nn.Dense(dim, dim), nn.ReLU(), nn.Dense(dim, dim), nn.ReLU(),
                                              nn.Dense(dim, dim)])
 
@@ -97,7 +99,7 @@ class MaskGenerator(nn.Cell):
         batch, dim = pixel_embed.shape[0], pixel_embed.shape[1]
         memory = ()
         for index in range(self.num_scales):
-            flat = memory_maps[index].reshape(batch, dim, -1).transpose(0, 2, 1)
+            flat = self.to_tokens(memory_maps[index].reshape(batch, dim, -1))
             memory = memory + (flat + self.level_embed[index],)
         queries = ops.broadcast_to(self.query_feat[None], (batch, self.num_queries, dim))
         query_pos = ops.broadcast_to(self.query_pos[None], (batch, self.num_queries, dim))

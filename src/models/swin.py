@@ -13,7 +13,7 @@ import mindspore.ops as ops
 from mindspore import Parameter, Tensor
 from mindspore.common.initializer import HeUniform, TruncatedNormal, Uniform, initializer
 
-from .kernels import MergeHeads, QkvHeads, WindowSoftmax
+from .kernels import MergeHeads, QkvHeads, SwapLastAxes, WindowSoftmax
 from .layers import DropPath, Mlp, layer_norm, project
 
 MASK_VALUE = -100.0
@@ -248,6 +248,7 @@ class SwinTransformer(nn.Cell):
                                     window_size, mlp_ratio, rates[start:start + depth],
                                     merge=index < self.num_stages - 1))
         self.layers = nn.CellList(stages)
+        self.to_channels_first = SwapLastAxes()
 
     @classmethod
     def from_config(cls, config):
@@ -259,7 +260,7 @@ class SwinTransformer(nn.Cell):
     def to_map(self, x, stage):
         """(B, H*W, C) tokens of `stage` -> (B, C, H, W)"""
         height, width = self.resolutions[stage]
-        return x.transpose(0, 2, 1).reshape(x.shape[0], x.shape[2], height, width)
+        return self.to_channels_first(x).reshape(x.shape[0], x.shape[2], height, width)
 
     def construct(self, image):
         x = self.patch_embed(image)

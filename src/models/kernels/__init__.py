@@ -322,3 +322,31 @@ class MergeHeads(nn.Cell):
         windows, heads, tokens, head_dim = x.shape
         slots = x.transpose(0, 2, 1, 3).reshape(-1, slot_source.shape[0], heads * head_dim)
         return ops.gather(slots, token_slot, 1)
+
+
+def _swapped(shape):
+    return list(shape[:-2]) + [shape[-1], shape[-2]]
+
+
+@functools.lru_cache(maxsize=None)
+def _swap_last_axes_primitive(library):
+    backward = ops.Custom(f"{library}:SwapLastAxes", out_shape=_swapped, out_dtype=lambda dy: dy, func_type="aot")
+
+    def bprop(x, out, dout):
+        return (backward(dout),)
+
+    return ops.Custom(f"{library}:SwapLastAxes", out_shape=_swapped, out_dtype=lambda x: x, func_type="aot",
+                      bprop=bprop)
+
+
+class SwapLastAxes(nn.Cell):
+    """Transpose of the last two axes, through the compiled CPU kernel when active. (..., R, C) -> (..., C, R)"""
+
+    def __init__(self):
+        super().__init__()
+        self.kernel = _kernel_for("swap_axes_cpu.cc", _swap_last_axes_primitive)
+
+    def construct(self, x):
+        if self.kernel is None:
+            return ops.swapaxes(x, -2, -1)
+        return self.kernel(x.astype(ms.float32)).astype(x.dtype)
