@@ -72,8 +72,10 @@ class CoupAlign(nn.Cell):
                                             config.gn_groups, config.dec_dropout)
         self.sma = SentenceMaskAlignment(dim)
         self.image_size = config.image_size
-        if config.recompute_stage3 and self.num_stages > 2:
-            for block in self.swin.layers[2].blocks:
+        for stage in config.recompute_swin_stages:
+            if not isinstance(stage, int) or not 1 <= stage <= self.num_stages:
+                raise ValueError(f"recompute_swin_stages holds {stage!r}; Swin stages are 1 to {self.num_stages}")
+            for block in self.swin.layers[stage - 1].blocks:
                 block.recompute()
 
     def encode(self, image, input_ids, attention_mask):
