@@ -18,9 +18,11 @@ Threads: MindSpore uses --ms_threads CPU kernel threads (default: all cores). Py
 each count of --torch_threads (default: all cores, then 1): on a CPU shared with other work, OpenMP
 threads wait for each other and one PyTorch thread is often several times faster than all cores.
 
-Timings are medians (with quartiles and min/max) of --runs calls after --warmup calls, each timed call
-after a pause of --settle_s (default 0.5 s): PyTorch's OpenMP threads keep spinning for a while after a
-call and, without the pause, slow down whatever MindSpore call comes next (BERT measured 2-3x slower). "first call"
+Timings are medians (with quartiles and min/max) of --runs calls after --warmup calls. Each timed call
+comes right after --lead_in (default 1) untimed calls of the same function, as in a loop over data:
+interleaving alone measures each framework in the wake of the other (PyTorch's OpenMP threads keep
+spinning after a call and slowed the next MindSpore BERT call 2-3x), and a pause instead measures a
+cold start (MindSpore's BERT, 280 small kernels, takes 50 ms back to back and 100 ms after 0.5 s idle). "first call"
 is the wall time of the very first call (graph compilation included); "compile" is that first call
 minus the median steady-state call. Peak RSS is ru_maxrss of the child process that ran the part.
 A Markdown table goes to stdout, progress to stderr. PyTorch is optional: without torch and
@@ -231,13 +233,14 @@ def warm_up(functions, warmup):
             function()
 
 
-def interleaved_runs(functions, runs, label, settle_s=0.0):
-    """Calls the functions in turn, `runs` rounds, each call after a pause of `settle_s`; returns one
-    list of seconds per function."""
+def interleaved_runs(functions, runs, label, lead_in=0):
+    """Calls the functions in turn, `runs` rounds, each timed call right after `lead_in` untimed calls
+    of the same function; returns one list of seconds per function."""
     times = [[] for _ in functions]
     for round_index in range(runs):
         for index, function in enumerate(functions):
-            time.sleep(settle_s)
+            for _ in range(lead_in):
+                function()
             times[index].append(timed_call(function)[0])
         log(f"{label}: run {round_index + 1}/{runs}: " + ", ".join(f"{t[-1] * 1000:.0f} ms" for t in times))
     return times
@@ -472,7 +475,7 @@ def part_encoders(config, args):
             warm_up([swin_calls[-1], bert_calls[-1]], args.warmup)
     del our_maps, our_words
     # One round: Swin in MindSpore, then in PyTorch (each thread count), then BERT likewise.
-    times = interleaved_runs(swin_calls + bert_calls, args.runs, "encoders", args.settle_s)
+    times = interleaved_runs(swin_calls + bert_calls, args.runs, "encoders", args.lead_in)
     count = len(swin_calls)
     records = []
     for index in range(count):
@@ -521,7 +524,7 @@ def part_inference(config, args):
     forward = lambda: run_mindspore(net, *tensors)  # noqa: E731
     first_s, _ = first_call("inference", forward)
     warm_up([forward], args.warmup)
-    times = interleaved_runs([forward], args.runs, "inference", args.settle_s)[0]
+    times = interleaved_runs([forward], args.runs, "inference", args.lead_in)[0]
     result["mindspore"] = timing_record(first_s, times)
     result["peak_rss_mb"] = peak_rss_mb()
     return result
@@ -551,7 +554,7 @@ def part_train(config, args):
     first_s, loss = first_call("train", train_step)
     log(f"train: first loss {loss:.4f}")
     warm_up([train_step], args.warmup)
-    times = interleaved_runs([train_step], args.runs, "train", args.settle_s)[0]
+    times = interleaved_runs([train_step], args.runs, "train", args.lead_in)[0]
     result["mindspore"] = timing_record(first_s, times)
     result["parameters"] = int(sum(int(np.prod(p.shape)) for p in loss_net.trainable_params()))
     result["peak_rss_mb"] = peak_rss_mb()
@@ -600,7 +603,7 @@ def part_stages(config, args):
         names = ["MindSpore"] + [f"PyTorch ({plural(threads, 'thread')})" for threads in args.torch_threads]
         firsts = [first_call(f"{label} {name}", call)[0] for name, call in zip(names, calls)]
         warm_up(calls, args.warmup)
-        times = interleaved_runs(calls, args.runs, label, args.settle_s)
+        times = interleaved_runs(calls, args.runs, label, args.lead_in)
         record = {"mindspore": timing_record(firsts[0], times[0]), "torch": None}
         if reason is None:
             record["torch"] = []
@@ -648,7 +651,7 @@ def child_command(part, args, config_argv, result_path):
     command = [sys.executable, "-m", "src.tools.benchmark", "--child", part, "--child_result", result_path,
                "--config_path", args.config_path, "--runs", str(args.runs), "--warmup", str(args.warmup),
                "--train_batch", str(args.train_batch), "--ms_threads", str(args.ms_threads),
-               "--settle_s", str(args.settle_s),
+               "--lead_in", str(args.lead_in),
                "--torch_threads", ",".join(str(threads) for threads in args.torch_threads)]
     if args.no_torch:
         command.append("--no_torch")
@@ -743,7 +746,8 @@ def markdown_report(report):
              f"- Versions: Python {machine['python']}, {versions}",
              f"- Threads: {threads_text(report)}",
              f"- Protocol: median, interquartile range and min-max of {report['runs']} runs after "
-             f"{report['warmup']} warm-up calls, {report.get('settle_s', 0)} s pause before each timed call; "
+             f"{report['warmup']} warm-up calls, each timed call right after {report.get('lead_in', 0)} untimed "
+             "call(s) of the same function; "
              "encoders timed interleaved (MindSpore, PyTorch, MindSpore, ...) "
              "with the same weights; first call includes graph compilation; compile = first call - median; "
              "peak RSS = ru_maxrss of the child process that ran the part", "",
@@ -811,8 +815,8 @@ def parse_args(argv):
     parser.add_argument("--no_torch", action="store_true", help="measure our network only")
     parser.add_argument("--parts", default=DEFAULT_PARTS, help=f"comma list of {', '.join(ALL_PARTS)}")
     parser.add_argument("--train_batch", type=int, default=2)
-    parser.add_argument("--settle_s", type=float, default=0.5,
-                        help="pause before every timed call, so that no framework's threads still spin")
+    parser.add_argument("--lead_in", type=int, default=1,
+                        help="untimed calls of the same function right before every timed call")
     parser.add_argument("--ms_threads", type=int, default=cores, help="MindSpore CPU op threads")
     parser.add_argument("--torch_threads", type=thread_list, default=thread_list(default_torch_threads(cores)),
                         help="PyTorch intra-op thread counts to time, comma list; the first is the main one")
@@ -850,7 +854,7 @@ def main(argv=None):
     reason = "--no_torch given" if args.no_torch else torch_unavailable_reason()
     log("PyTorch side: " + (f"skipped ({reason}); measuring MindSpore only" if reason else "enabled"))
     report = {"config_path": args.config_path, "image_size": config.image_size, "max_tokens": config.max_tokens,
-              "runs": args.runs, "warmup": args.warmup, "settle_s": args.settle_s, "train_batch": args.train_batch,
+              "runs": args.runs, "warmup": args.warmup, "lead_in": args.lead_in, "train_batch": args.train_batch,
               "ms_threads": args.ms_threads, "recursion_limit": args.recursion_limit or None,
               "torch_threads": args.torch_threads if reason is None else [],
               "torch_enabled": reason is None, "torch_skipped_reason": reason, "machine": machine_info(),
