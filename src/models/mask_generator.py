@@ -14,10 +14,7 @@ class ConvNormAct(nn.Cell):
 
     def __init__(self, in_dim, out_dim, kernel_size, groups, act=True):
         super().__init__()
-        if kernel_size == 1:
-            self.conv = nn.Conv2d(in_dim, out_dim, 1, has_bias=False)
-        else:
-            self.conv = UnfoldConv2d(in_dim, out_dim, kernel_size, has_bias=False)
+        self.conv = UnfoldConv2d(in_dim, out_dim, kernel_size, has_bias=False)
         self.norm = nn.GroupNorm(groups, out_dim)
         self.act = nn.ReLU() if act else nn.Identity()
 
@@ -36,7 +33,7 @@ class PixelDecoder(nn.Cell):
         self.num_levels = len(in_dims)
         self.lateral = nn.CellList([ConvNormAct(in_dim, dim, 1, groups, act=False) for in_dim in in_dims])
         self.smooth = nn.CellList([ConvNormAct(dim, dim, 3, groups) for _ in in_dims])
-        self.mask_features = nn.Conv2d(dim, dim, 1, has_bias=True)
+        self.mask_features = UnfoldConv2d(dim, dim, 1, has_bias=True)
 
     def construct(self, features):
         top = self.num_levels - 1
