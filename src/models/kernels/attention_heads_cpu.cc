@@ -40,14 +40,16 @@ struct WindowLayout {
     }
 };
 
-WindowLayout layout_of(const int64_t *head_shape, const int64_t *slot_source_shape,
-                       const int64_t *token_slot_shape, int64_t parts) {
-    return WindowLayout{head_shape[0], head_shape[1], head_shape[2], head_shape[3],
-                        slot_source_shape[0], token_slot_shape[0], parts};
-}
-
-bool consistent(const WindowLayout &layout) {
-    return layout.slots > 0 && layout.slots % layout.tokens == 0 && (layout.windows * layout.tokens) % layout.slots == 0;
+// The layout of a call from its per-head tensor (position `heads_param`, rank 4) and the slot_source and
+// token_slot shapes; false when the shapes do not fit together.
+bool read_layout(int *ndims, int64_t **shapes, int heads_param, int slot_source_param, int64_t parts,
+                 WindowLayout *layout) {
+    if (ndims[heads_param] != 4) return false;
+    const int64_t *head_shape = shapes[heads_param];
+    *layout = WindowLayout{head_shape[0], head_shape[1], head_shape[2], head_shape[3],
+                           shapes[slot_source_param][0], shapes[slot_source_param + 1][0], parts};
+    return layout->slots > 0 && layout->slots % layout->tokens == 0 &&
+           (layout->windows * layout->tokens) % layout->slots == 0;
 }
 
 // heads[p][slot, h, :] = (tokens[source(slot), p*C + h*d : ...] + bias[p*C + h*d : ...]) * scales[p],
@@ -117,9 +119,9 @@ bool index_types(const char **dtypes, int first) {
 extern "C" int QkvHeadsForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                                void *stream, void *extra) {
     if (nparam != 9 || !all_float32(3, dtypes) || !index_types(dtypes, 3) || !all_float32(3, dtypes + 6)) return 1;
-    if (ndims[0] != 3 || ndims[6] != 4) return 1;
-    const WindowLayout layout = layout_of(shapes[6], shapes[3], shapes[4], 3);
-    if (!consistent(layout) || shapes[0][1] != layout.sources || shapes[0][2] != 3 * layout.width()) return 1;
+    WindowLayout layout;
+    if (ndims[0] != 3 || !read_layout(ndims, shapes, 6, 3, 3, &layout)) return 1;
+    if (shapes[0][1] != layout.sources || shapes[0][2] != 3 * layout.width()) return 1;
     const float scales[3] = {*static_cast<const float *>(params[2]), 1.0f, 1.0f};
     float *heads[3] = {static_cast<float *>(params[6]), static_cast<float *>(params[7]),
                        static_cast<float *>(params[8])};
@@ -128,15 +130,15 @@ extern "C" int QkvHeadsForward(int nparam, void **params, int *ndims, int64_t **
     return 0;
 }
 
-// d qkv of the tokens (the bias gradient is its sum over images and tokens; padding slots have none).
+// d qkv of the tokens (padding slots have no token; the bias gradient, which they do share, is summed
+// over all slots by the caller).
 // params: dq, dk, dv (B*nW, heads, N, d), scale (1), slot_source (S), token_slot (L), layout (heads, N),
 //         dqkv (B, L, 3C)
 extern "C" int QkvHeadsBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                                 void *stream, void *extra) {
     if (nparam != 8 || !all_float32(4, dtypes) || !index_types(dtypes, 4) || !all_float32(1, dtypes + 7)) return 1;
-    if (ndims[0] != 4) return 1;
-    const WindowLayout layout = layout_of(shapes[0], shapes[4], shapes[5], 3);
-    if (!consistent(layout)) return 1;
+    WindowLayout layout;
+    if (!read_layout(ndims, shapes, 0, 4, 3, &layout)) return 1;
     const float scales[3] = {*static_cast<const float *>(params[3]), 1.0f, 1.0f};
     const float *heads[3] = {static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
                              static_cast<const float *>(params[2])};
@@ -149,9 +151,8 @@ extern "C" int QkvHeadsBackward(int nparam, void **params, int *ndims, int64_t *
 extern "C" int MergeHeadsForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                                  void *stream, void *extra) {
     if (nparam != 5 || !all_float32(1, dtypes) || !index_types(dtypes, 1) || !all_float32(1, dtypes + 4)) return 1;
-    if (ndims[0] != 4) return 1;
-    const WindowLayout layout = layout_of(shapes[0], shapes[1], shapes[2], 1);
-    if (!consistent(layout)) return 1;
+    WindowLayout layout;
+    if (!read_layout(ndims, shapes, 0, 1, 1, &layout)) return 1;
     const float scales[1] = {1.0f};
     const float *heads[1] = {static_cast<const float *>(params[0])};
     tokens_from_heads(layout, heads, scales, index_param(params, 2), static_cast<float *>(params[4]));
@@ -162,9 +163,8 @@ extern "C" int MergeHeadsForward(int nparam, void **params, int *ndims, int64_t 
 extern "C" int MergeHeadsBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                                   void *stream, void *extra) {
     if (nparam != 5 || !all_float32(1, dtypes) || !index_types(dtypes, 1) || !all_float32(1, dtypes + 4)) return 1;
-    if (ndims[4] != 4) return 1;
-    const WindowLayout layout = layout_of(shapes[4], shapes[1], shapes[2], 1);
-    if (!consistent(layout)) return 1;
+    WindowLayout layout;
+    if (!read_layout(ndims, shapes, 4, 1, 1, &layout)) return 1;
     const float scales[1] = {1.0f};
     float *heads[1] = {static_cast<float *>(params[4])};
     heads_from_tokens(layout, static_cast<const float *>(params[0]), nullptr, scales, index_param(params, 1), heads);

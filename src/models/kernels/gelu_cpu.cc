@@ -31,30 +31,30 @@ inline float erf_approx(float z) {
     return std::copysign(1.0f - poly * exp_nonpositive(-a * a), z);
 }
 
+// GELU(z) = z * Phi(z).
+inline float gelu(float z) { return 0.5f * z * (1.0f + erf_approx(z * kInvSqrt2)); }
+
+// dGELU/dz = Phi(z) + z * phi(z).
+inline float gelu_slope(float z) {
+    const float cdf = 0.5f * (1.0f + erf_approx(z * kInvSqrt2));
+    const float pdf = kInvSqrt2Pi * exp_nonpositive(-0.5f * z * z);
+    return cdf + z * pdf;
+}
+
 void gelu_range(const float *__restrict x, float *__restrict y, int64_t count) {
-    for (int64_t i = 0; i < count; ++i) {
-        y[i] = 0.5f * x[i] * (1.0f + erf_approx(x[i] * kInvSqrt2));
-    }
+    for (int64_t i = 0; i < count; ++i) y[i] = gelu(x[i]);
 }
 
 void gelu_grad_range(const float *__restrict x, const float *__restrict dy, float *__restrict dx, int64_t count) {
-    for (int64_t i = 0; i < count; ++i) {
-        const float cdf = 0.5f * (1.0f + erf_approx(x[i] * kInvSqrt2));
-        const float pdf = kInvSqrt2Pi * exp_nonpositive(-0.5f * x[i] * x[i]);
-        dx[i] = dy[i] * (cdf + x[i] * pdf);
-    }
+    for (int64_t i = 0; i < count; ++i) dx[i] = dy[i] * gelu_slope(x[i]);
 }
 
 // The same on rows of `width` elements with a per-column bias added first.
 void bias_gelu_rows(const float *__restrict x, const float *__restrict bias, float *__restrict y, int64_t rows,
                     int64_t width) {
     for (int64_t row = 0; row < rows; ++row) {
-        const float *__restrict in = x + row * width;
-        float *__restrict out = y + row * width;
-        for (int64_t i = 0; i < width; ++i) {
-            const float z = in[i] + bias[i];
-            out[i] = 0.5f * z * (1.0f + erf_approx(z * kInvSqrt2));
-        }
+        const int64_t offset = row * width;
+        for (int64_t i = 0; i < width; ++i) y[offset + i] = gelu(x[offset + i] + bias[i]);
     }
 }
 
@@ -62,12 +62,7 @@ void bias_gelu_grad_rows(const float *__restrict x, const float *__restrict bias
                          float *__restrict dx, int64_t rows, int64_t width) {
     for (int64_t row = 0; row < rows; ++row) {
         const int64_t offset = row * width;
-        for (int64_t i = 0; i < width; ++i) {
-            const float z = x[offset + i] + bias[i];
-            const float cdf = 0.5f * (1.0f + erf_approx(z * kInvSqrt2));
-            const float pdf = kInvSqrt2Pi * exp_nonpositive(-0.5f * z * z);
-            dx[offset + i] = dy[offset + i] * (cdf + z * pdf);
-        }
+        for (int64_t i = 0; i < width; ++i) dx[offset + i] = dy[offset + i] * gelu_slope(x[offset + i] + bias[i]);
     }
 }
 
