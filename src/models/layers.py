@@ -40,6 +40,22 @@ def project(x, weight):
     return out.reshape(x.shape[:-1] + (weight.shape[0],))
 
 
+def broadcast_as(y, x):
+    """y explicitly broadcast to x's shape, for an elementwise op with x. y broadcastable to x -> x.shape
+
+    MindSpore 2.10's CPU Add/Sub/Mul/Div kernels keep about four output-sized buffers per graph node
+    when one input broadcasts (a (2, 14400, 512) x + bias held 225 MB for as long as the graph lives);
+    a same-shape op after an explicit BroadcastTo holds none.
+    """
+    return ops.broadcast_to(y, x.shape)
+
+
+def add_bias(x, bias):
+    """x + bias along the last axis, as BiasAdd on rows (a broadcasting Add holds buffers, see
+    broadcast_as). (..., C), (C,) -> (..., C)"""
+    return ops.bias_add(x.reshape(-1, x.shape[-1]), bias.astype(x.dtype)).reshape(x.shape)
+
+
 def layer_norm(dim, eps=1e-5):
     """LayerNorm over the last axis; parameters are `gamma` and `beta`."""
     return LayerNorm(dim, eps)
@@ -58,8 +74,8 @@ class DropPath(nn.Cell):
             return x
         keep_shape = (x.shape[0],) + (1,) * (x.ndim - 1)
         # Dropout of a ones tensor gives the per-sample mask already scaled by 1/keep.
-        mask = self.dropout(ops.ones(keep_shape, x.dtype))
-        return x * mask
+        mask = ops.stop_gradient(self.dropout(ops.ones(keep_shape, x.dtype)))
+        return x * broadcast_as(mask, x)
 
 
 class Mlp(nn.Cell):
@@ -96,23 +112,35 @@ class MultiHeadAttention(nn.Cell):
         self.v_proj = nn.Dense(kv_dim, dim)
         self.out_proj = nn.Dense(dim, out_dim or dim)
         self.attn_drop = nn.Dropout(p=dropout) if dropout > 0 else nn.Identity()
+        # Primitives with transpose flags: ops.matmul's gradient transposes its inputs in copies.
+        self.matmul_qk = ops.BatchMatMul(transpose_b=True)
+        self.matmul_av = ops.BatchMatMul()
 
     def _heads(self, x):
+        """(B, L, heads * D) -> (B, heads, L, D); one head needs no transpose (a full-size copy)."""
         batch, length, _ = x.shape
+        if self.num_heads == 1:
+            return x.reshape(batch, 1, length, self.head_dim)
         return x.reshape(batch, length, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+
+    def _merge(self, x):
+        """(B, heads, L, D) -> (B, L, heads * D)"""
+        batch, _, length, _ = x.shape
+        if self.num_heads == 1:
+            return x.reshape(batch, length, self.head_dim)
+        return x.transpose(0, 2, 1, 3).reshape(batch, length, -1)
 
     def construct(self, query, key, value, key_mask=None):
         batch, length, _ = query.shape
         q = self._heads(self.q_proj(query) * self.scale)
         k = self._heads(self.k_proj(key))
         v = self._heads(self.v_proj(value))
-        scores = ops.matmul(q, k.transpose(0, 1, 3, 2))
+        scores = self.matmul_qk(q, k)
         if key_mask is not None:
             bias = (1.0 - key_mask.astype(scores.dtype)) * -10000.0
-            scores = scores + bias.reshape(batch, 1, 1, -1)
+            scores = scores + broadcast_as(bias.reshape(batch, 1, 1, -1), scores)
         attn = self.attn_drop(ops.softmax(scores.astype(ms.float32), axis=-1).astype(v.dtype))
-        out = ops.matmul(attn, v).transpose(0, 2, 1, 3).reshape(batch, length, -1)
-        return self.out_proj(out)
+        return self.out_proj(self._merge(self.matmul_av(attn, v)))
 
 
 class UnfoldConv2d(nn.Cell):
@@ -146,5 +174,5 @@ class UnfoldConv2d(nn.Cell):
             columns = ops.unfold(x, self.kernel_size, 1, self.kernel_size // 2, 1)
         out = project(self.to_rows(columns), self.weight.reshape(self.out_dim, -1))
         if self.bias is not None:
-            out = out + self.bias.astype(x.dtype)
+            out = add_bias(out, self.bias)
         return self.to_channels(out).reshape(batch, self.out_dim, height, width)

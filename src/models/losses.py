@@ -3,7 +3,10 @@ import mindspore as ms
 import mindspore.nn as nn
 import mindspore.ops as ops
 
+from .layers import broadcast_as
+
 NEG_INF = -1.0e4
+_BATCH_MATMUL = ops.BatchMatMul()
 
 
 def bce_with_logits(logits, target):
@@ -28,7 +31,7 @@ def l2_normalize(x, axis):
     embedding: 48 of the 56 s of a batch-1 training step.)
     """
     squares = (x * x).sum(axis=axis, keepdims=True)
-    return x / ops.sqrt(ops.maximum(squares, 1e-12))
+    return x / broadcast_as(ops.sqrt(ops.maximum(squares, 1e-12)), x)
 
 
 def foreground_contrast_loss(pixel_embed, anchor, fg_mask, temperature):
@@ -39,7 +42,7 @@ def foreground_contrast_loss(pixel_embed, anchor, fg_mask, temperature):
     batch, dim = pixel_embed.shape[0], pixel_embed.shape[1]
     pixels = l2_normalize(pixel_embed.reshape(batch, dim, -1), axis=1)
     anchor = l2_normalize(anchor, axis=1)
-    sims = (pixels * anchor[:, :, None]).sum(axis=1) / temperature
+    sims = _BATCH_MATMUL(anchor[:, None, :], pixels).reshape(batch, -1) / temperature
     fg = fg_mask.reshape(batch, -1)
     bg_sims = sims + fg * NEG_INF
     bg_lse = ops.logsumexp(bg_sims, 1, True)

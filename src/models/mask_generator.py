@@ -6,7 +6,7 @@ from mindspore import Parameter, Tensor
 from mindspore.common.initializer import Normal, initializer
 
 from .kernels import SwapLastAxes
-from .layers import Mlp, MultiHeadAttention, UnfoldConv2d, layer_norm, sine_position_encoding
+from .layers import Mlp, MultiHeadAttention, UnfoldConv2d, broadcast_as, layer_norm, sine_position_encoding
 
 
 class ConvNormAct(nn.Cell):
@@ -61,7 +61,7 @@ class QueryDecoderLayer(nn.Cell):
         self.ffn_norm = layer_norm(dim)
 
     def construct(self, queries, query_pos, memory, memory_pos):
-        attended = self.cross_attn(queries + query_pos, memory + memory_pos, memory)
+        attended = self.cross_attn(queries + query_pos, memory + broadcast_as(memory_pos, memory), memory)
         queries = self.cross_norm(queries + attended)
         with_pos = queries + query_pos
         queries = self.self_norm(queries + self.self_attn(with_pos, with_pos, queries))
@@ -90,6 +90,7 @@ class MaskGenerator(nn.Cell):
         self.to_tokens = SwapLastAxes()
         self.mask_embed = nn.SequentialCell([nn.Dense(dim, dim), nn.ReLU(), nn.Dense(dim, dim), nn.ReLU(),
                                              nn.Dense(dim, dim)])
+        self.matmul = ops.BatchMatMul()
 
     def construct(self, features):
         pixel_embed, memory_maps = self.pixel_decoder(features)
@@ -97,7 +98,7 @@ class MaskGenerator(nn.Cell):
         memory = ()
         for index in range(self.num_scales):
             flat = self.to_tokens(memory_maps[index].reshape(batch, dim, -1))
-            memory = memory + (flat + self.level_embed[index],)
+            memory = memory + (flat + broadcast_as(self.level_embed[index], flat),)
         queries = ops.broadcast_to(self.query_feat[None], (batch, self.num_queries, dim))
         query_pos = ops.broadcast_to(self.query_pos[None], (batch, self.num_queries, dim))
         for index in range(self.num_layers):
@@ -105,5 +106,5 @@ class MaskGenerator(nn.Cell):
             queries = self.layers[index](queries, query_pos, memory[scale], self.memory_pos[scale])
         mask_queries = self.norm(queries)
         height, width = pixel_embed.shape[2], pixel_embed.shape[3]
-        proposals = ops.matmul(self.mask_embed(mask_queries), pixel_embed.reshape(batch, dim, height * width))
+        proposals = self.matmul(self.mask_embed(mask_queries), pixel_embed.reshape(batch, dim, height * width))
         return mask_queries, proposals.reshape(batch, self.num_queries, height, width), pixel_embed

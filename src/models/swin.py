@@ -14,7 +14,7 @@ from mindspore import Parameter, Tensor
 from mindspore.common.initializer import HeUniform, TruncatedNormal, Uniform, initializer
 
 from .kernels import MergeHeads, QkvHeads, SwapLastAxes, WindowSoftmax
-from .layers import DropPath, Mlp, layer_norm, project
+from .layers import DropPath, Mlp, add_bias, layer_norm, project
 
 MASK_VALUE = -100.0
 
@@ -66,6 +66,7 @@ class WindowAttention(nn.Cell):
         self.split_heads = QkvHeads(num_heads, self.tokens, self.scale)
         self.merge_heads = MergeHeads(num_heads, self.tokens)
         self.matmul_qk = ops.BatchMatMul(transpose_b=True)
+        self.matmul_av = ops.BatchMatMul()
         self.softmax = WindowSoftmax(self.tokens)
 
     def position_bias(self):
@@ -76,7 +77,7 @@ class WindowAttention(nn.Cell):
     def construct(self, x, slot_source, token_slot, mask=None):
         q, k, v = self.split_heads(project(x, self.qkv.weight), self.qkv.bias, slot_source, token_slot)
         attn = self.softmax(self.matmul_qk(q, k), self.position_bias(), mask).astype(v.dtype)
-        return self.proj(self.merge_heads(ops.matmul(attn, v), slot_source, token_slot))
+        return self.proj(self.merge_heads(self.matmul_av(attn, v), slot_source, token_slot))
 
 
 def padded_to_windows(size, window_size):
@@ -218,8 +219,7 @@ class PatchProjection(nn.Cell):
         p = self.patch_size
         patches = image.reshape(batch, channels, height // p, p, width // p, p).transpose(0, 2, 4, 1, 3, 5)
         patches = patches.reshape(batch, (height // p) * (width // p), channels * p * p)
-        weight = self.weight.reshape(self.embed_dim, -1).astype(image.dtype)
-        return ops.matmul(patches, weight.T) + self.bias.astype(image.dtype)
+        return add_bias(project(patches, self.weight.reshape(self.embed_dim, -1)), self.bias)
 
 
 class SwinTransformer(nn.Cell):

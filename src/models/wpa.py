@@ -5,7 +5,7 @@ from mindspore import Tensor
 from mindspore.common.initializer import Zero
 
 from .kernels import Gelu
-from .layers import MultiHeadAttention, layer_norm, sine_position_encoding
+from .layers import MultiHeadAttention, broadcast_as, layer_norm, sine_position_encoding
 
 
 class TanhGate(nn.Cell):
@@ -45,7 +45,7 @@ class PixelWordAttention(nn.Cell):
     def construct(self, pixels, words, word_mask):
         vis = self.vis_proj(pixels)
         if self.position is not None:
-            vis = vis + self.position_proj(self.position.astype(vis.dtype))
+            vis = vis + broadcast_as(self.position_proj(self.position.astype(vis.dtype)), vis)
         vis = self.gelu(vis)
         lang = self.attn(pixels, words, words, word_mask)
         return self.gelu(self.fuse_proj(vis * lang))
