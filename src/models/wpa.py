@@ -1,4 +1,5 @@
 """Word-Pixel Alignment: bidirectional fusion of pixel and word features at one encoder stage."""
+import mindspore as ms
 import mindspore.nn as nn
 import mindspore.ops as ops
 from mindspore import Tensor
@@ -51,6 +52,50 @@ class PixelWordAttention(nn.Cell):
         return self.gelu(self.fuse_proj(vis * lang))
 
 
+class PixelKeyAttention(MultiHeadAttention):
+    """Attention of a few queries over many pixels without projecting the pixels to keys and values.
+
+    (B, T, q_dim), (B, HW, kv_dim) -> (B, T, out_dim); the same parameters and result as
+    MultiHeadAttention(words, pixels, pixels) without a key mask.
+    Per head h, q_h k_h^T = (q_h W_k[h]) p^T + q_h b_k[h]: the second term is the same for every
+    pixel of a row, and softmax ignores it. attn_h v_h = (attn_h p) W_v[h]^T + rowsum(attn_h) b_v[h].
+    So the T queries move to the pixel width instead of the HW pixels to the word width: at stage 1
+    this saves two (B, 14400, 768) projections and the memory they hold for the backward pass.
+    """
+
+    def __init__(self, q_dim, kv_dim, dim, num_heads, out_dim=None, dropout=0.0):
+        super().__init__(q_dim, kv_dim, dim, num_heads, out_dim, dropout)
+        self.kv_dim = kv_dim
+        self.per_head = ops.BatchMatMul()
+        self.per_head_transposed = ops.BatchMatMul(transpose_b=True)
+
+    def _head_major(self, x):
+        """(B, T, heads * D) -> (heads, B * T, D)"""
+        batch, length, _ = x.shape
+        x = x.reshape(batch * length, self.num_heads, self.head_dim)
+        return x.transpose(1, 0, 2)
+
+    def construct(self, query, pixels):
+        batch, length, _ = query.shape
+        heads, head_dim = self.num_heads, self.head_dim
+        q = self._head_major(self.q_proj(query) * self.scale)
+        key_weight = self.k_proj.weight.astype(q.dtype).reshape(heads, head_dim, self.kv_dim)
+        q_in_pixel_space = self.per_head(q, key_weight)                       # (heads, B*T, kv_dim)
+        q_in_pixel_space = q_in_pixel_space.reshape(heads, batch, length, self.kv_dim).transpose(1, 0, 2, 3)
+        q_in_pixel_space = q_in_pixel_space.reshape(batch, heads * length, self.kv_dim)
+        scores = self.matmul_qk(q_in_pixel_space, pixels)                      # (B, heads*T, HW)
+        attn = self.attn_drop(ops.softmax(scores.astype(ms.float32), axis=-1).astype(pixels.dtype))
+        pooled = self.matmul_av(attn, pixels)                                  # (B, heads*T, kv_dim)
+        pooled = pooled.reshape(batch, heads, length, self.kv_dim).transpose(1, 0, 2, 3)
+        value_weight = self.v_proj.weight.astype(pooled.dtype).reshape(heads, head_dim, self.kv_dim)
+        values = self.per_head_transposed(pooled.reshape(heads, batch * length, self.kv_dim), value_weight)
+        values = values.reshape(heads, batch, length, head_dim).transpose(1, 2, 0, 3)
+        weight_sums = attn.sum(axis=-1).reshape(batch, heads, length).transpose(0, 2, 1)
+        value_bias = self.v_proj.bias.astype(values.dtype).reshape(heads, head_dim)
+        values = values + weight_sums.reshape(batch, length, heads, 1) * value_bias
+        return self.out_proj(values.reshape(batch, length, heads * head_dim))
+
+
 class WordPixelAttention(nn.Cell):
     """Vision to language: words query the pixels (projected to the word width), then LayerNorm.
 
@@ -59,11 +104,11 @@ class WordPixelAttention(nn.Cell):
 
     def __init__(self, lang_dim, vis_dim, num_heads, dropout=0.0):
         super().__init__()
-        self.attn = MultiHeadAttention(lang_dim, vis_dim, lang_dim, num_heads, dropout=dropout)
+        self.attn = PixelKeyAttention(lang_dim, vis_dim, lang_dim, num_heads, dropout=dropout)
         self.norm = layer_norm(lang_dim)
 
     def construct(self, words, pixels):
-        return self.norm(self.attn(words, pixels, pixels))
+        return self.norm(self.attn(words, pixels))
 
 
 class WordPixelAlignment(nn.Cell):
