@@ -9,7 +9,7 @@ import mindspore.ops as ops
 from mindspore import Parameter
 from mindspore.common.initializer import HeUniform, Uniform, initializer
 
-from .kernels import Gelu, LayerNorm, SwapLastAxes
+from .kernels import Gelu, LayerNorm, ShiftSum, SwapLastAxes
 
 
 def sine_position_encoding(height, width, dim, temperature=10000.0):
@@ -150,6 +150,9 @@ class UnfoldConv2d(nn.Cell):
     The matmul runs on pixel rows (B*H*W, Cin*k*k) as a 2-D matmul, whose gradients need no
     transposed copy of the columns (a batched matmul against (B, Cin*k*k, H*W) made MindSpore
     transpose them: 0.7 of the 2.8 s of a pixel-decoder training step at batch 2).
+    With the compiled CPU kernels a k x k convolution instead multiplies the pixels by all k*k weight
+    slices at once and sums the shifted slices (ShiftSum): the backward pass then keeps the input
+    pixels instead of the k*k times larger unfolded columns.
     Parameters are shaped and named as nn.Conv2d's (`weight` (Cout, Cin, k, k), `bias`).
     """
 
@@ -165,14 +168,20 @@ class UnfoldConv2d(nn.Cell):
         self.bias = Parameter(initializer(Uniform(bound), (out_dim,), ms.float32), name="bias") if has_bias else None
         self.to_rows = SwapLastAxes()
         self.to_channels = SwapLastAxes()
+        self.shift_sum = ShiftSum(kernel_size) if kernel_size > 1 else None
+        self.shifted = self.shift_sum is not None and self.shift_sum.available
 
     def construct(self, x):
-        batch, _, height, width = x.shape
+        batch, in_dim, height, width = x.shape
         if self.kernel_size == 1:
-            columns = x.reshape(batch, -1, height * width)
+            out = project(self.to_rows(x.reshape(batch, in_dim, height * width)), self.weight.reshape(self.out_dim, -1))
+        elif self.shifted:
+            slices = self.weight.transpose(2, 3, 0, 1).reshape(-1, in_dim)  # (k*k*Cout, Cin), (i, j) major
+            wide = project(self.to_rows(x.reshape(batch, in_dim, height * width)), slices)
+            out = self.shift_sum(wide, height)
         else:
             columns = ops.unfold(x, self.kernel_size, 1, self.kernel_size // 2, 1)
-        out = project(self.to_rows(columns), self.weight.reshape(self.out_dim, -1))
+            out = project(self.to_rows(columns), self.weight.reshape(self.out_dim, -1))
         if self.bias is not None:
             out = add_bias(out, self.bias)
         return self.to_channels(out).reshape(batch, self.out_dim, height, width)

@@ -350,3 +350,41 @@ class SwapLastAxes(nn.Cell):
         if self.kernel is None:
             return ops.swapaxes(x, -2, -1)
         return self.kernel(x.astype(ms.float32)).astype(x.dtype)
+
+
+def _shift_sum_shape(wide, layout):
+    return [wide[0], wide[1], wide[2] // (layout[1] * layout[1])]
+
+
+def _shift_sum_gradient_shape(dout, layout):
+    return [dout[0], dout[1], dout[2] * layout[1] * layout[1]]
+
+
+@functools.lru_cache(maxsize=None)
+def _shift_sum_primitive(library):
+    backward = ops.Custom(f"{library}:ShiftSumBackward", out_shape=_shift_sum_gradient_shape,
+                          out_dtype=lambda dout, layout: dout, func_type="aot")
+
+    def bprop(wide, layout, out, dout):
+        return (backward(dout, layout),) + _zero_gradients(layout)
+
+    return ops.Custom(f"{library}:ShiftSum", out_shape=_shift_sum_shape, out_dtype=lambda wide, layout: wide,
+                      func_type="aot", bprop=bprop)
+
+
+class ShiftSum(nn.Cell):
+    """Spatial half of a stride-1 'same' k x k convolution: out[h, w] = sum over (i, j) of
+    wide[h + i - k//2, w + j - k//2, (i, j)], zero outside the map. (B, H*W, k*k*C), H -> (B, H*W, C)
+
+    Only with the compiled CPU kernels (`available`); callers fall back to unfold + matmul.
+    """
+
+    def __init__(self, kernel_size):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.kernel = _kernel_for("conv_shift_cpu.cc", _shift_sum_primitive)
+        self.available = self.kernel is not None
+
+    def construct(self, wide, height):
+        layout = ops.zeros((height, self.kernel_size), ms.int32)  # only its shape is read
+        return self.kernel(wide.astype(ms.float32), layout).astype(wide.dtype)
