@@ -92,13 +92,13 @@ def test_benchmark_without_torch(tmp_path):
     assert "PyTorch not measured" in result.stdout
 
 
-@pytest.mark.skipif(not os.getenv("COUPALIGN_SLOW_TESTS"),
-                    reason="compiling the tiny training step takes 1.5-2 min on 2 cores; set COUPALIGN_SLOW_TESTS=1")
 def test_benchmark_train_part(tmp_path):
-    report, _ = run_benchmark(tmp_path, "--no_torch", "--parts", "train", timeout=900)
+    report, result = run_benchmark(tmp_path, "--no_torch", "--parts", "train", timeout=900)
     train = report["parts"]["train"]
     check_timing(train["mindspore"])
     assert train["batch"] == 2 and train["parameters"] > 0 and train["peak_rss_mb"] > 0
+    assert 0 < train["rss_built_mb"] <= train["rss_compiled_mb"] <= train["peak_rss_mb"]
+    assert "Train step resident memory" in result.stdout
 
 
 def test_statistics_and_arguments():

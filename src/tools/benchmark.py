@@ -95,6 +95,18 @@ def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def resident_mb():
+    """Current resident set size of this process (VmRSS), or None where /proc is missing."""
+    try:
+        with open("/proc/self/status", "r", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
 def cpu_model():
     try:
         with open("/proc/cpuinfo", "r", encoding="utf-8") as handle:
@@ -546,12 +558,19 @@ def part_train(config, args):
     _, group_rates = schedule.for_step(0)
     step = TrainStep(loss_net, optimizer, config.grad_clip_norm, loss_scale=1.0)
     step.set_train(True)
+    result["rss_built_mb"] = resident_mb()
+    # Compiled on its own first, so that the memory the compiled graph holds is seen apart from the step's.
+    compile_s, _ = timed_call(lambda: step.compile(group_rates, *tensors))
+    result["rss_compiled_mb"] = resident_mb()
+    log(f"train: graph compiled in {compile_s:.1f} s, resident memory {result['rss_compiled_mb'] or 0:.0f} MB "
+        f"(model built: {result['rss_built_mb'] or 0:.0f} MB)")
 
     def train_step():
         outputs = run_mindspore(step, group_rates, *tensors)
         return float(outputs[0].asnumpy())
 
     first_s, loss = first_call("train", train_step)
+    first_s += compile_s
     log(f"train: first loss {loss:.4f}")
     warm_up([train_step], args.warmup)
     times = interleaved_runs([train_step], args.runs, "train", args.lead_in)[0]
@@ -757,7 +776,17 @@ def markdown_report(report):
         lines += part_rows(part, result)
     lines.append("")
     lines += encoder_notes(report["parts"].get("encoders"))
+    lines += train_notes(report["parts"].get("train"))
     return "\n".join(lines)
+
+
+def train_notes(result):
+    if not result or "error" in result or result.get("rss_compiled_mb") is None:
+        return []
+    return [f"Train step resident memory: {result['rss_built_mb']:.0f} MB with the model and optimizer built, "
+            f"{result['rss_compiled_mb']:.0f} MB after compiling the training graph, {result['peak_rss_mb']:.0f} MB "
+            f"at the peak ({result['parameters'] / 1e6:.1f} M parameters: weights, gradients and the two AdamW "
+            f"moments take {result['parameters'] * 16 / 2 ** 20:.0f} MB)."]
 
 
 def threads_text(report):
