@@ -138,8 +138,8 @@ class Gelu(nn.Cell):
     def construct(self, x, bias=None):
         if bias is not None and self.bias_kernel is not None:
             return self.bias_kernel(x.astype(ms.float32), bias.astype(ms.float32)).astype(x.dtype)
-        if bias is not None:
-            x = x + bias.astype(x.dtype)
+        if bias is not None:  # BiasAdd on rows: a broadcasting Add keeps output-sized buffers on CPU
+            x = ops.bias_add(x.reshape(-1, x.shape[-1]), bias.astype(x.dtype)).reshape(x.shape)
         if self.kernel is None:
             return ops.gelu(x, approximate="none")
         return self.kernel(x.astype(ms.float32)).astype(x.dtype)
