@@ -40,6 +40,10 @@ class LearningRates:
         base = self.rate(step)
         return base, Tensor(np.float32(base) * self.multipliers)
 
+    def table(self):
+        """(steps, groups) float32: every step's per-group rates, for a schedule inside the graph."""
+        return np.asarray(self.base_rates, np.float32)[:, None] * self.multipliers[None, :]
+
 
 def build_optimizer(params, config, steps_per_epoch):
     """AdamWeightDecay over (decay or not) x (pretrained encoder or new) groups -> (optimizer, LearningRates)."""

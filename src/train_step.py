@@ -2,7 +2,7 @@
 import mindspore as ms
 import mindspore.nn as nn
 import mindspore.ops as ops
-from mindspore import Tensor
+from mindspore import Parameter, Tensor
 
 _square_sum = ops.MultitypeFuncGraph("square_sum")
 _scale = ops.MultitypeFuncGraph("scale")
@@ -86,3 +86,25 @@ class TrainStep(nn.Cell):
             self.optimizer(grads)
         total = outputs[0] / self.loss_scale
         return (total,) + outputs[1:] + (grad_norm, ops.logical_not(finite))
+
+
+class ScheduledTrainStep(nn.Cell):
+    """(*inputs) -> the TrainStep's outputs, with each step's learning rates read from a table in the graph.
+
+    For dataset sink mode (GPU/Ascend), where the steps of one sink run without Python in between:
+    row min(step, last row) of `rate_table` (steps, optimizer groups) goes to the TrainStep, then
+    `step` counts up. Set `step` (set_data) before a sink run to resume at a global step.
+    """
+
+    def __init__(self, train_step, rate_table):
+        super().__init__(auto_prefix=False)
+        self.train_step = train_step
+        self.rate_table = Tensor(rate_table, ms.float32)
+        self.last_row = int(rate_table.shape[0]) - 1
+        self.step = Parameter(Tensor(0, ms.int32), name="scheduled_step", requires_grad=False)
+
+    def construct(self, *inputs):
+        row = ops.minimum(self.step, self.last_row)
+        learning_rates = ops.gather(self.rate_table, row, 0)
+        ops.assign_add(self.step, ops.ones((), ms.int32))
+        return self.train_step(learning_rates, *inputs)

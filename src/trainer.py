@@ -4,6 +4,7 @@ import json
 import os
 import time
 
+import mindspore as ms
 import mindspore.nn as nn
 
 from .amp import apply_mixed_precision
@@ -15,7 +16,7 @@ from .models.coupalign import CoupAlign
 from .models.losses import CoupAlignWithLoss
 from .models.weights import load_pretrained
 from .optimizer import build_optimizer
-from .train_step import TrainStep
+from .train_step import ScheduledTrainStep, TrainStep
 
 class JsonLog:
     """Echoes a line per record to stdout on every rank (prefixed by the rank when there are several) and,
@@ -59,8 +60,27 @@ def prune_epoch_checkpoints(output_dir, keep):
         os.remove(path)
 
 
+def sunk_epoch(scheduled, data, steps, global_step, learning_rates):
+    """Runs one epoch's steps on the device in one data_sink call (GPU/Ascend).
+
+    -> (losses of the last step [total, bce, dice, aux], log record of that step)
+    """
+    scheduled.step.set_data(ms.Tensor(global_step, ms.int32))
+    start = time.time()
+    total, bce, dice, aux, grad_norm, overflow = ms.data_sink(scheduled, data, sink_size=steps)()
+    parts = [float(value.asnumpy()) for value in (total, bce, dice, aux)]
+    record = {"loss": parts[0], "bce": parts[1], "dice": parts[2], "aux": parts[3],
+              "grad_norm": float(grad_norm.asnumpy()), "overflow": bool(overflow.asnumpy()),
+              "lr": learning_rates.rate(global_step + steps - 1), "step_time": (time.time() - start) / steps,
+              "sunk_steps": steps}
+    return parts, record
+
+
 def train(config):
     """Trains CoupAlign as the config says; leaves last.ckpt (and best.ckpt once validation ran)."""
+    if config.dataset_sink_mode and config.device_target == "CPU":
+        raise ValueError("dataset_sink_mode needs device_target GPU or Ascend: MindSpore's data_sink does not run "
+                         "on CPU")
     rank_id, group_size = setup_context(config, allow_parallel=True)
     is_main = rank_id == 0
     os.makedirs(config.output_dir, exist_ok=True)
@@ -88,6 +108,7 @@ def train(config):
     loss_scale = config.loss_scale if config.device_target != "CPU" else 1.0
     train_step = TrainStep(loss_net, optimizer, config.grad_clip_norm, loss_scale, reducer)
     train_step.set_train(True)
+    scheduled = ScheduledTrainStep(train_step, learning_rates.table()) if config.dataset_sink_mode else None
 
     start_epoch, best_oiou = 0, -1.0
     if config.resume_ckpt:
@@ -111,22 +132,33 @@ def train(config):
         epoch_start = time.time()
         data = create_dataset(config, "train", training=True, rank_id=rank_id, group_size=group_size, epoch=epoch)
         totals = [0.0, 0.0, 0.0, 0.0]
-        for index, batch in enumerate(data.create_tuple_iterator(num_epochs=1)):
-            step_start = time.time()
-            lr, group_rates = learning_rates.for_step(global_step)
-            total, bce, dice, aux, grad_norm, overflow = train_step(group_rates, *batch)
-            parts = [float(value.asnumpy()) for value in (total, bce, dice, aux)]
-            step_time = time.time() - step_start
-            totals = [a + b for a, b in zip(totals, parts)]
-            global_step += 1
-            if index % config.log_interval == 0 or index == steps_per_epoch - 1:
-                record = {"epoch": epoch + 1, "step": global_step, "loss": parts[0], "bce": parts[1],
-                          "dice": parts[2], "aux": parts[3], "grad_norm": float(grad_norm.asnumpy()),
-                          "overflow": bool(overflow.asnumpy()), "lr": lr, "step_time": step_time,
-                          "samples_per_s": samples_per_step / max(step_time, 1e-9)}
-                log.write(record, f"epoch {epoch + 1}/{config.epochs} step {index + 1}/{steps_per_epoch} "
-                                  f"loss {parts[0]:.4f} (bce {parts[1]:.4f} dice {parts[2]:.4f} aux {parts[3]:.4f}) "
-                                  f"lr {lr:.3e} {step_time:.2f}s/step {record['samples_per_s']:.1f} samples/s")
+        if scheduled is not None:
+            parts, record = sunk_epoch(scheduled, data, steps_per_epoch, global_step, learning_rates)
+            global_step += steps_per_epoch
+            record.update(epoch=epoch + 1, step=global_step, samples_per_s=samples_per_step / record["step_time"])
+            log.write(record, f"epoch {epoch + 1}/{config.epochs}: {steps_per_epoch} steps on the device, last step "
+                              f"loss {parts[0]:.4f} (bce {parts[1]:.4f} dice {parts[2]:.4f} aux {parts[3]:.4f}) "
+                              f"{record['step_time']:.2f}s/step")
+            # Sink mode returns the last step's losses only; they stand in for the epoch mean.
+            totals = [value * steps_per_epoch for value in parts]
+        else:
+            for index, batch in enumerate(data.create_tuple_iterator(num_epochs=1)):
+                step_start = time.time()
+                lr, group_rates = learning_rates.for_step(global_step)
+                total, bce, dice, aux, grad_norm, overflow = train_step(group_rates, *batch)
+                parts = [float(value.asnumpy()) for value in (total, bce, dice, aux)]
+                step_time = time.time() - step_start
+                totals = [a + b for a, b in zip(totals, parts)]
+                global_step += 1
+                if index % config.log_interval == 0 or index == steps_per_epoch - 1:
+                    record = {"epoch": epoch + 1, "step": global_step, "loss": parts[0], "bce": parts[1],
+                              "dice": parts[2], "aux": parts[3], "grad_norm": float(grad_norm.asnumpy()),
+                              "overflow": bool(overflow.asnumpy()), "lr": lr, "step_time": step_time,
+                              "samples_per_s": samples_per_step / max(step_time, 1e-9)}
+                    log.write(record, f"epoch {epoch + 1}/{config.epochs} step {index + 1}/{steps_per_epoch} "
+                                      f"loss {parts[0]:.4f} (bce {parts[1]:.4f} dice {parts[2]:.4f} "
+                                      f"aux {parts[3]:.4f}) lr {lr:.3e} {step_time:.2f}s/step "
+                                      f"{record['samples_per_s']:.1f} samples/s")
         means = [value / steps_per_epoch for value in totals]
         record = {"epoch": epoch + 1, "mean_loss": means[0], "epoch_time": time.time() - epoch_start}
         message = f"epoch {epoch + 1}/{config.epochs} done: mean loss {means[0]:.4f} in {record['epoch_time']:.1f}s"

@@ -10,7 +10,7 @@ from src.models.bert import BertModel
 from src.models.coupalign import CoupAlign
 from src.models.losses import CoupAlignWithLoss, bce_with_logits, dice_loss, foreground_contrast_loss
 from src.models.swin import SwinBlock, relative_position_index, shifted_window_mask
-from src.train_step import TrainStep, learning_rate_parameters
+from src.train_step import ScheduledTrainStep, TrainStep, learning_rate_parameters
 
 
 def make_batch(config, batch=2, seed=0):
@@ -204,6 +204,8 @@ def test_learning_rates_follow_the_schedule_per_group(tiny_config):
     base, group_rates = rates.for_step(7)
     assert base == pytest.approx(rates.rate(7)) and 0 < base < config.lr
     np.testing.assert_allclose(group_rates.asnumpy(), [base, base, 10 * base, 10 * base], rtol=1e-6)
+    np.testing.assert_allclose(rates.table()[7], group_rates.asnumpy(), rtol=1e-6)
+    assert rates.table().shape == (config.epochs * 5, 4)
     assert rates.rate(0) == pytest.approx(config.lr / 5)  # first warm-up step
 
 
@@ -333,3 +335,38 @@ def test_pixel_key_attention_equals_attention_over_projected_pixels(num_heads):
     got = value_and_gradients(ours, ours)
     for index, (ours_value, reference_value) in enumerate(zip(got, expected)):
         np.testing.assert_allclose(ours_value, reference_value, rtol=1e-4, atol=2e-5, err_msg=str(index))
+
+
+class TwoGroupLoss(nn.Cell):
+    """(x (4,)) -> (loss, loss): two weights, one per optimizer group."""
+
+    def __init__(self):
+        super().__init__()
+        self.first = ms.Parameter(ms.Tensor(np.ones(4, np.float32)), name="first")
+        self.second = ms.Parameter(ms.Tensor(np.ones(4, np.float32)), name="second")
+
+    def construct(self, x):
+        loss = (self.first * x).sum() + (self.second * x * 2.0).sum()
+        return loss, loss
+
+
+def test_scheduled_train_step_reads_each_steps_rates_from_its_table():
+    """The in-graph schedule of dataset sink mode: row k for the k-th call, the last row after the table ends."""
+    loss_net = TwoGroupLoss()
+    optimizer = nn.AdamWeightDecay([{"params": [loss_net.first], "lr": 0.1}, {"params": [loss_net.second], "lr": 0.1}],
+                                   learning_rate=0.1)
+    table = np.array([[1e-2, 0.0], [0.0, 1e-2], [1e-2, 1e-2]], np.float32)
+    step = ScheduledTrainStep(TrainStep(loss_net, optimizer, clip_norm=0.0), table)
+    step.set_train(True)
+    x = ms.Tensor(np.arange(1, 5, dtype=np.float32))
+
+    def moved():
+        before = loss_net.first.asnumpy().copy(), loss_net.second.asnumpy().copy()
+        step(x)
+        return (bool(np.abs(loss_net.first.asnumpy() - before[0]).max() > 0),
+                bool(np.abs(loss_net.second.asnumpy() - before[1]).max() > 0))
+
+    assert [moved() for _ in range(4)] == [(True, False), (False, True), (True, True), (True, True)]
+    assert int(step.step.asnumpy()) == 4
+    step.step.set_data(ms.Tensor(1, ms.int32))
+    assert moved() == (False, True)

@@ -145,6 +145,13 @@ def test_train_names_a_missing_mindrecord(tmp_path):
     assert not (tmp_path / "out" / "last.ckpt").exists()
 
 
+def test_dataset_sink_mode_on_cpu_is_refused_with_its_reason(tmp_path):
+    result = run([sys.executable, "train.py", "--config_path", TINY_CONFIG, "--mindrecord_dir", str(tmp_path),
+                  "--output_dir", str(tmp_path / "out"), "--dataset_sink_mode", "true"], check=False)
+    assert result.returncode != 0
+    assert "dataset_sink_mode needs device_target GPU or Ascend" in result.stderr and "Traceback" not in result.stderr
+
+
 @pytest.fixture(scope="module")
 def small_set(tmp_path_factory):
     root = tmp_path_factory.mktemp("small")
