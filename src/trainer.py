@@ -135,7 +135,8 @@ def train(config):
         if scheduled is not None:
             parts, record = sunk_epoch(scheduled, data, steps_per_epoch, global_step, learning_rates)
             global_step += steps_per_epoch
-            record.update(epoch=epoch + 1, step=global_step, samples_per_s=samples_per_step / record["step_time"])
+            record.update(epoch=epoch + 1, step=global_step,
+                          samples_per_s=samples_per_step / max(record["step_time"], 1e-9))
             log.write(record, f"epoch {epoch + 1}/{config.epochs}: {steps_per_epoch} steps on the device, last step "
                               f"loss {parts[0]:.4f} (bce {parts[1]:.4f} dice {parts[2]:.4f} aux {parts[3]:.4f}) "
                               f"{record['step_time']:.2f}s/step")
