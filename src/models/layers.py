@@ -9,7 +9,7 @@ import mindspore.ops as ops
 from mindspore import Parameter
 from mindspore.common.initializer import HeUniform, Uniform, initializer
 
-from .kernels import Gelu, LayerNorm, ShiftSum, SwapLastAxes
+from .kernels import Gelu, LayerNorm, ShiftSum, SwapLastAxes, add_bias
 
 
 def sine_position_encoding(height, width, dim, temperature=10000.0):
@@ -48,12 +48,6 @@ def broadcast_as(y, x):
     a same-shape op after an explicit BroadcastTo holds none.
     """
     return ops.broadcast_to(y, x.shape)
-
-
-def add_bias(x, bias):
-    """x + bias along the last axis, as BiasAdd on rows (a broadcasting Add holds buffers, see
-    broadcast_as). (..., C), (C,) -> (..., C)"""
-    return ops.bias_add(x.reshape(-1, x.shape[-1]), bias.astype(x.dtype)).reshape(x.shape)
 
 
 def layer_norm(dim, eps=1e-5):
@@ -169,19 +163,20 @@ class UnfoldConv2d(nn.Cell):
         self.to_rows = SwapLastAxes()
         self.to_channels = SwapLastAxes()
         self.shift_sum = ShiftSum(kernel_size) if kernel_size > 1 else None
-        self.shifted = self.shift_sum is not None and self.shift_sum.available
+        self.shifted = self.shift_sum is not None and self.shift_sum.kernel is not None
 
     def construct(self, x):
         batch, in_dim, height, width = x.shape
-        if self.kernel_size == 1:
-            out = project(self.to_rows(x.reshape(batch, in_dim, height * width)), self.weight.reshape(self.out_dim, -1))
-        elif self.shifted:
-            slices = self.weight.transpose(2, 3, 0, 1).reshape(-1, in_dim)  # (k*k*Cout, Cin), (i, j) major
-            wide = project(self.to_rows(x.reshape(batch, in_dim, height * width)), slices)
-            out = self.shift_sum(wide, height)
-        else:
+        if self.kernel_size > 1 and not self.shifted:
             columns = ops.unfold(x, self.kernel_size, 1, self.kernel_size // 2, 1)
             out = project(self.to_rows(columns), self.weight.reshape(self.out_dim, -1))
+        else:
+            rows = self.to_rows(x.reshape(batch, in_dim, height * width))
+            if self.shifted:
+                slices = self.weight.transpose(2, 3, 0, 1).reshape(-1, in_dim)  # (k*k*Cout, Cin), (i, j) major
+                out = self.shift_sum(project(rows, slices), height)
+            else:
+                out = project(rows, self.weight.reshape(self.out_dim, -1))
         if self.bias is not None:
             out = add_bias(out, self.bias)
         return self.to_channels(out).reshape(batch, self.out_dim, height, width)

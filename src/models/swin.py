@@ -13,8 +13,8 @@ import mindspore.ops as ops
 from mindspore import Parameter, Tensor
 from mindspore.common.initializer import HeUniform, TruncatedNormal, Uniform, initializer
 
-from .kernels import MergeHeads, QkvHeads, SwapLastAxes, WindowSoftmax
-from .layers import DropPath, Mlp, add_bias, layer_norm, project
+from .kernels import MergeHeads, QkvHeads, SwapLastAxes, WindowSoftmax, add_bias
+from .layers import DropPath, Mlp, layer_norm, project
 
 MASK_VALUE = -100.0
 

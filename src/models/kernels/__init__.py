@@ -106,6 +106,12 @@ def _gelu_primitive(library):
                       func_type="aot", bprop=bprop)
 
 
+def add_bias(x, bias):
+    """x + bias along the last axis, as BiasAdd on rows: on CPU a broadcasting Add keeps output-sized
+    buffers for the life of the graph (see layers.broadcast_as). (..., C), (C,) -> (..., C)"""
+    return ops.bias_add(x.reshape(-1, x.shape[-1]), bias.astype(x.dtype)).reshape(x.shape)
+
+
 def _sum_over_rows(x):
     """(..., C) -> (C,): the gradient of a bias broadcast over the last axis."""
     return x.reshape(-1, x.shape[-1]).sum(axis=0)
@@ -138,8 +144,8 @@ class Gelu(nn.Cell):
     def construct(self, x, bias=None):
         if bias is not None and self.bias_kernel is not None:
             return self.bias_kernel(x.astype(ms.float32), bias.astype(ms.float32)).astype(x.dtype)
-        if bias is not None:  # BiasAdd on rows: a broadcasting Add keeps output-sized buffers on CPU
-            x = ops.bias_add(x.reshape(-1, x.shape[-1]), bias.astype(x.dtype)).reshape(x.shape)
+        if bias is not None:
+            x = add_bias(x, bias)
         if self.kernel is None:
             return ops.gelu(x, approximate="none")
         return self.kernel(x.astype(ms.float32)).astype(x.dtype)
@@ -376,14 +382,13 @@ class ShiftSum(nn.Cell):
     """Spatial half of a stride-1 'same' k x k convolution: out[h, w] = sum over (i, j) of
     wide[h + i - k//2, w + j - k//2, (i, j)], zero outside the map. (B, H*W, k*k*C), H -> (B, H*W, C)
 
-    Only with the compiled CPU kernels (`available`); callers fall back to unfold + matmul.
+    Only with the compiled CPU kernels (`kernel` is None without them); callers fall back to unfold + matmul.
     """
 
     def __init__(self, kernel_size):
         super().__init__()
         self.kernel_size = kernel_size
         self.kernel = _kernel_for("conv_shift_cpu.cc", _shift_sum_primitive)
-        self.available = self.kernel is not None
 
     def construct(self, wide, height):
         layout = ops.zeros((height, self.kernel_size), ms.int32)  # only its shape is read

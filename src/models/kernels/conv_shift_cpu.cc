@@ -13,7 +13,6 @@
 
 namespace {
 
-using coupalign::all_float32;
 using coupalign::kLanes;
 using coupalign::Lanes;
 using coupalign::load_lanes;
@@ -35,6 +34,12 @@ bool read_layout(int *ndims, int64_t **shapes, int wide_param, int layout_param,
     return true;
 }
 
+// The checks both entry points share: three parameters, float32 data at 0 and 2, the layout at 1.
+bool read_call(int nparam, const char **dtypes, int *ndims, int64_t **shapes, int wide_param, ShiftLayout *layout) {
+    return nparam == 3 && std::strcmp(dtypes[0], "float32") == 0 && std::strcmp(dtypes[2], "float32") == 0 &&
+           read_layout(ndims, shapes, wide_param, 1, layout);
+}
+
 void add_row(const float *__restrict in, float *__restrict out, int64_t length) {
     int64_t c = 0;
     for (; c + kLanes <= length; c += kLanes) {
@@ -50,9 +55,7 @@ void add_row(const float *__restrict in, float *__restrict out, int64_t length) 
 extern "C" int ShiftSum(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream,
                         void *extra) {
     ShiftLayout layout;
-    if (nparam != 3 || std::strcmp(dtypes[0], "float32") != 0 || std::strcmp(dtypes[2], "float32") != 0 ||
-        !read_layout(ndims, shapes, 0, 1, &layout))
-        return 1;
+    if (!read_call(nparam, dtypes, ndims, shapes, 0, &layout)) return 1;
     const float *y = static_cast<const float *>(params[0]);
     float *out = static_cast<float *>(params[2]);
     const int64_t channels = layout.channels, wide = layout.slices() * channels, r = layout.radius();
@@ -85,9 +88,7 @@ extern "C" int ShiftSum(int nparam, void **params, int *ndims, int64_t **shapes,
 extern "C" int ShiftSumBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                                 void *stream, void *extra) {
     ShiftLayout layout;
-    if (nparam != 3 || std::strcmp(dtypes[0], "float32") != 0 || std::strcmp(dtypes[2], "float32") != 0 ||
-        !read_layout(ndims, shapes, 2, 1, &layout) || shapes[0][2] != layout.channels)
-        return 1;
+    if (!read_call(nparam, dtypes, ndims, shapes, 2, &layout) || shapes[0][2] != layout.channels) return 1;
     const float *dout = static_cast<const float *>(params[0]);
     float *dy = static_cast<float *>(params[2]);
     const int64_t channels = layout.channels, wide = layout.slices() * channels, r = layout.radius();
