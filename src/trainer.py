@@ -60,20 +60,32 @@ def prune_epoch_checkpoints(output_dir, keep):
         os.remove(path)
 
 
-def sunk_epoch(scheduled, data, steps, global_step, learning_rates):
+def step_losses(outputs):
+    """The TrainStep's outputs -> [total, bce, dice, aux] as floats."""
+    return [float(value.asnumpy()) for value in outputs[:4]]
+
+
+def step_record(outputs, parts, lr, step_time, samples_per_step):
+    """Log record of one step from its outputs and their `step_losses`."""
+    grad_norm, overflow = outputs[4:]
+    return {"loss": parts[0], "bce": parts[1], "dice": parts[2], "aux": parts[3],
+            "grad_norm": float(grad_norm.asnumpy()), "overflow": bool(overflow.asnumpy()), "lr": lr,
+            "step_time": step_time, "samples_per_s": samples_per_step / max(step_time, 1e-9)}
+
+
+def losses_text(parts):
+    return f"loss {parts[0]:.4f} (bce {parts[1]:.4f} dice {parts[2]:.4f} aux {parts[3]:.4f})"
+
+
+def sunk_epoch(scheduled, data, steps, global_step):
     """Runs one epoch's steps on the device in one data_sink call (GPU/Ascend).
 
-    -> (losses of the last step [total, bce, dice, aux], log record of that step)
+    -> (the last step's outputs, seconds per step)
     """
     scheduled.step.set_data(ms.Tensor(global_step, ms.int32))
     start = time.time()
-    total, bce, dice, aux, grad_norm, overflow = ms.data_sink(scheduled, data, sink_size=steps)()
-    parts = [float(value.asnumpy()) for value in (total, bce, dice, aux)]
-    record = {"loss": parts[0], "bce": parts[1], "dice": parts[2], "aux": parts[3],
-              "grad_norm": float(grad_norm.asnumpy()), "overflow": bool(overflow.asnumpy()),
-              "lr": learning_rates.rate(global_step + steps - 1), "step_time": (time.time() - start) / steps,
-              "sunk_steps": steps}
-    return parts, record
+    outputs = ms.data_sink(scheduled, data, sink_size=steps)()
+    return outputs, (time.time() - start) / steps
 
 
 def train(config):
@@ -133,32 +145,29 @@ def train(config):
         data = create_dataset(config, "train", training=True, rank_id=rank_id, group_size=group_size, epoch=epoch)
         totals = [0.0, 0.0, 0.0, 0.0]
         if scheduled is not None:
-            parts, record = sunk_epoch(scheduled, data, steps_per_epoch, global_step, learning_rates)
+            outputs, step_time = sunk_epoch(scheduled, data, steps_per_epoch, global_step)
             global_step += steps_per_epoch
-            record.update(epoch=epoch + 1, step=global_step,
-                          samples_per_s=samples_per_step / max(record["step_time"], 1e-9))
+            parts = step_losses(outputs)
+            record = step_record(outputs, parts, learning_rates.rate(global_step - 1), step_time, samples_per_step)
+            record.update(epoch=epoch + 1, step=global_step, sunk_steps=steps_per_epoch)
             log.write(record, f"epoch {epoch + 1}/{config.epochs}: {steps_per_epoch} steps on the device, last step "
-                              f"loss {parts[0]:.4f} (bce {parts[1]:.4f} dice {parts[2]:.4f} aux {parts[3]:.4f}) "
-                              f"{record['step_time']:.2f}s/step")
+                              f"{losses_text(parts)} {step_time:.2f}s/step")
             # Sink mode returns the last step's losses only; they stand in for the epoch mean.
             totals = [value * steps_per_epoch for value in parts]
         else:
             for index, batch in enumerate(data.create_tuple_iterator(num_epochs=1)):
                 step_start = time.time()
                 lr, group_rates = learning_rates.for_step(global_step)
-                total, bce, dice, aux, grad_norm, overflow = train_step(group_rates, *batch)
-                parts = [float(value.asnumpy()) for value in (total, bce, dice, aux)]
+                outputs = train_step(group_rates, *batch)
+                parts = step_losses(outputs)
                 step_time = time.time() - step_start
                 totals = [a + b for a, b in zip(totals, parts)]
                 global_step += 1
                 if index % config.log_interval == 0 or index == steps_per_epoch - 1:
-                    record = {"epoch": epoch + 1, "step": global_step, "loss": parts[0], "bce": parts[1],
-                              "dice": parts[2], "aux": parts[3], "grad_norm": float(grad_norm.asnumpy()),
-                              "overflow": bool(overflow.asnumpy()), "lr": lr, "step_time": step_time,
-                              "samples_per_s": samples_per_step / max(step_time, 1e-9)}
+                    record = {"epoch": epoch + 1, "step": global_step,
+                              **step_record(outputs, parts, lr, step_time, samples_per_step)}
                     log.write(record, f"epoch {epoch + 1}/{config.epochs} step {index + 1}/{steps_per_epoch} "
-                                      f"loss {parts[0]:.4f} (bce {parts[1]:.4f} dice {parts[2]:.4f} "
-                                      f"aux {parts[3]:.4f}) lr {lr:.3e} {step_time:.2f}s/step "
+                                      f"{losses_text(parts)} lr {lr:.3e} {step_time:.2f}s/step "
                                       f"{record['samples_per_s']:.1f} samples/s")
         means = [value / steps_per_epoch for value in totals]
         record = {"epoch": epoch + 1, "mean_loss": means[0], "epoch_time": time.time() - epoch_start}
