@@ -4,7 +4,6 @@ Parsing is lazy (`get_config()`), so importing this module never reads sys.argv.
 """
 import argparse
 import ast
-import importlib
 import os
 import sys
 
@@ -158,19 +157,21 @@ def _print_help(path):
         print(f"  --{key} (default: {value!r})")
 
 
-def run_entry(module_name, function_name):
-    """Body of an entry script: parse the config, run `<module_name>.<function_name>(config)`.
+def config_or_exit(argv=None):
+    """The config of an entry script's command line; a bad key or value ends the run with a one-line error.
 
-    The module is imported only after the config parsed, so a bad flag fails before MindSpore loads.
-    Errors about the user's input (ValueError and its kin, a missing file) end the run with exit
-    code 1 and a one-line message instead of a traceback.
+    Entry scripts call this before importing their command, so a bad flag fails before MindSpore loads.
     """
     try:
-        config = get_config()
+        return get_config(argv)
     except ConfigError as err:
         sys.exit(f"error: {err}")
-    function = getattr(importlib.import_module(module_name), function_name)
+
+
+def run_or_exit(command, config):
+    """Runs `command(config)`; errors about the user's input (ValueError and its kin, a missing file) end
+    the run with exit code 1 and a one-line message instead of a traceback."""
     try:
-        function(config)
+        return command(config)
     except (ValueError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")

@@ -1,4 +1,5 @@
-"""Checkpoint files: atomic saving, strict loading of network weights, training state for resume."""
+"""Checkpoint files: atomic saving, strict loading of network weights, training state for resume, and
+converted encoder checkpoints (convert_swin / convert_bert) loaded into sub-networks of CoupAlign."""
 import os
 
 import mindspore as ms
@@ -56,3 +57,64 @@ def load_network_weights(net, path, param_dict=None):
                               f"config?): " + " | ".join(details))
     ms.load_param_into_net(net, selected, strict_load=True)
     return param_dict
+
+
+def _match(net, saved, prefix, ckpt_path):
+    """(missing, unexpected) names; raises CheckpointError naming every misshapen parameter."""
+    local = dict(net.parameters_and_names())
+    missing, mismatched = [], []
+    for name, param in local.items():
+        entry = saved.get(prefix + name)
+        if entry is None:
+            missing.append(name)
+        elif tuple(entry.shape) != tuple(param.shape):
+            mismatched.append(f"{prefix + name}: checkpoint {tuple(entry.shape)} vs network {tuple(param.shape)}")
+    if mismatched:
+        more = f" (+{len(mismatched) - 5} more)" if len(mismatched) > 5 else ""
+        raise CheckpointError(f"{ckpt_path} does not fit the network: " + "; ".join(mismatched[:5]) + more)
+    wanted = {prefix + name for name in local}
+    unexpected = [key for key in saved if key.startswith(prefix) and key not in wanted]
+    return missing, unexpected
+
+
+def _assign(net, saved, prefix):
+    for name, param in net.parameters_and_names():
+        entry = saved.get(prefix + name)
+        if entry is not None:
+            param.set_data(ms.Tensor(entry.asnumpy(), dtype=param.dtype))
+
+
+def load_checkpoint_into(net, ckpt_path, prefix="", strict=False):
+    """Copies checkpoint entries `prefix + <name inside net>` into `net`; returns (missing, unexpected).
+
+    Names are taken relative to `net`, so `net` may be a sub-cell (CoupAlign.swin, whose parameters
+    are called swin.xxx) while the checkpoint holds the bare names a converter writes. A shape
+    mismatch is always an error; missing or unexpected entries are errors only when `strict`.
+    """
+    saved = read_checkpoint(ckpt_path)
+    missing, unexpected = _match(net, saved, prefix, ckpt_path)
+    if strict and (missing or unexpected):
+        raise CheckpointError(f"{ckpt_path} does not match the network: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}")
+    _assign(net, saved, prefix)
+    if missing:
+        print(f"{ckpt_path}: {len(missing)} parameter(s) not in the checkpoint: {', '.join(missing[:5])}")
+    if unexpected:
+        print(f"{ckpt_path}: {len(unexpected)} entr(ies) not used: {', '.join(unexpected[:5])}")
+    return missing, unexpected
+
+
+def load_pretrained(net, ckpt_path, label):
+    """Loads a converted encoder checkpoint; every parameter of `net` must be in it. Returns the count."""
+    saved = read_checkpoint(ckpt_path)
+    missing, unexpected = _match(net, saved, "", ckpt_path)
+    total = len(list(net.parameters_and_names()))
+    if missing:
+        raise CheckpointError(f"{label} checkpoint {ckpt_path} lacks {len(missing)} of the network's {total} "
+                              f"parameters, e.g. {', '.join(missing[:3])} (converted for another config, or "
+                              f"not a {label} checkpoint?)")
+    _assign(net, saved, "")
+    print(f"loaded {total} {label} parameters from {ckpt_path}"
+          + (f"; ignored {len(unexpected)} unexpected entries, e.g. {', '.join(unexpected[:3])}"
+             if unexpected else ""), flush=True)
+    return total

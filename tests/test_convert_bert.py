@@ -10,7 +10,7 @@ import pytest
 import mindspore as ms
 
 from src.models.bert import BertModel
-from src.models.weights import load_pretrained
+from src.checkpoint import load_pretrained
 from src.tools.convert_bert import convert_bert_state_dict, infer_architecture, normalise_names
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -10,7 +10,7 @@ import mindspore as ms
 
 from src.checkpoint import CheckpointError
 from src.models.swin import SwinTransformer
-from src.models.weights import load_checkpoint_into, load_pretrained
+from src.checkpoint import load_checkpoint_into, load_pretrained
 from src.tools.common import ConversionError, save_params
 from src.tools.convert_swin import convert_swin_state_dict
 from tests.test_convert_swin import official_state_dict as official_swin_state_dict

@@ -9,7 +9,7 @@ import pytest
 import mindspore as ms
 
 from src.models.swin import SwinTransformer
-from src.models.weights import load_checkpoint_into
+from src.checkpoint import load_checkpoint_into
 from src.tools.convert_swin import convert_swin_state_dict, resize_relative_position_table, source_name
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

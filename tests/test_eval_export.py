@@ -9,8 +9,8 @@ import pytest
 import mindspore as ms
 
 from src.checkpoint import CheckpointError, load_network_weights, save_checkpoint
-from src.export_run import example_inputs, run_export
-from src.metrics import RefSegMetrics, format_table
+from src.commands.export import example_inputs, run_export
+from src.evaluation import RefSegMetrics, format_table
 from src.models.coupalign import CoupAlign
 from tests.conftest import ROOT, TINY_CONFIG
 

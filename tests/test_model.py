@@ -10,7 +10,7 @@ from src.models.bert import BertModel
 from src.models.coupalign import CoupAlign
 from src.models.losses import CoupAlignWithLoss, bce_with_logits, dice_loss, foreground_contrast_loss
 from src.models.swin import SwinBlock, relative_position_index, shifted_window_mask
-from src.train_step import ScheduledTrainStep, TrainStep, learning_rate_parameters
+from src.engine.train_step import ScheduledTrainStep, TrainStep, learning_rate_parameters
 
 
 def make_batch(config, batch=2, seed=0):
@@ -172,7 +172,7 @@ def test_contrast_loss_by_hand():
 
 
 def test_mixed_precision_keeps_norms_in_float32_and_returns_float32(tiny_config):
-    from src.amp import apply_mixed_precision
+    from src.engine.amp import apply_mixed_precision
     net = apply_mixed_precision(CoupAlign(tiny_config), "O2")
     net.set_train(False)
     image, input_ids, attention_mask, _ = make_batch(tiny_config)
@@ -194,7 +194,7 @@ def test_training_wrappers_keep_the_network_parameter_names(tiny_config):
 
 
 def test_learning_rates_follow_the_schedule_per_group(tiny_config):
-    from src.optimizer import build_optimizer
+    from src.engine.optimizer import build_optimizer
     config = tiny_config.copy()
     config.new_param_lr_mult = 10.0
     config.warmup_epochs = 1
@@ -211,7 +211,7 @@ def test_learning_rates_follow_the_schedule_per_group(tiny_config):
 
 def test_train_step_applies_the_learning_rates_it_is_given(tiny_config):
     """A rate of zero for a group freezes that group; changing the rates between calls takes effect."""
-    from src.optimizer import build_optimizer
+    from src.engine.optimizer import build_optimizer
     net = CoupAlign(tiny_config)
     loss_net = CoupAlignWithLoss(net, tiny_config)
     optimizer, _ = build_optimizer(loss_net.trainable_params(), tiny_config, 5)

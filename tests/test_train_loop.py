@@ -13,7 +13,7 @@ import mindspore as ms
 
 from model_utils.config import get_config
 from src.data.refer import Refer
-from src.metrics import RefSegMetrics
+from src.evaluation import RefSegMetrics
 from tests.conftest import ROOT, TINY_CONFIG
 
 ENV = dict(os.environ, GLOG_v="3", PYTHONPATH=ROOT)

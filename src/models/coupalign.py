@@ -78,6 +78,13 @@ class CoupAlign(nn.Cell):
             for block in self.swin.layers[stage - 1].blocks:
                 block.recompute()
 
+    @classmethod
+    def from_config(cls, config, cpu_kernels=None):
+        """The network a config describes; `cpu_kernels` (default: config.cpu_kernels) picks the compiled CPU kernels."""
+        from .kernels import set_cpu_kernels
+        set_cpu_kernels(config.cpu_kernels if cpu_kernels is None else cpu_kernels)
+        return cls(config)
+
     def encode(self, image, input_ids, attention_mask):
         """Coupled encoders -> 4 fused maps S_i (B, C_i, H_i, W_i), final words (B, T, H)."""
         pixels = self.swin.patch_embed(image)

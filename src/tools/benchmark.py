@@ -531,7 +531,7 @@ def part_inference(config, args):
     inputs = make_inputs(config, batch=1)
     tensors = [ms.Tensor(inputs[key]) for key in ("image", "input_ids", "attention_mask")]
     log("inference: building CoupAlign")
-    net = CoupAlign(config)
+    net = CoupAlign.from_config(config)
     net.set_train(False)
     forward = lambda: run_mindspore(net, *tensors)  # noqa: E731
     first_s, _ = first_call("inference", forward)
@@ -546,14 +546,14 @@ def part_train(config, args):
     """One training step: forward, losses, backward, clipping, AdamWeightDecay update."""
     from src.models.coupalign import CoupAlign
     from src.models.losses import CoupAlignWithLoss
-    from src.optimizer import build_optimizer
-    from src.train_step import TrainStep
+    from src.engine.optimizer import build_optimizer
+    from src.engine.train_step import TrainStep
     batch = args.train_batch
     result = {"batch": batch, "threads": {"mindspore": setup_mindspore(args.ms_threads)}}
     inputs = make_inputs(config, batch=batch)
     tensors = [ms.Tensor(inputs[key]) for key in ("image", "input_ids", "attention_mask", "gt_mask")]
     log(f"train: building CoupAlign + losses + AdamWeightDecay, batch {batch}")
-    loss_net = CoupAlignWithLoss(CoupAlign(config), config)
+    loss_net = CoupAlignWithLoss(CoupAlign.from_config(config), config)
     optimizer, schedule = build_optimizer(loss_net.trainable_params(), config, steps_per_epoch=1000)
     _, group_rates = schedule.for_step(0)
     step = TrainStep(loss_net, optimizer, config.grad_clip_norm, loss_scale=1.0)

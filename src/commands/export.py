@@ -1,14 +1,13 @@
-"""export.py logic: the inference network (image, input_ids, attention_mask) -> mask logits as MINDIR."""
+"""export.py: the inference network (image, input_ids, attention_mask) -> mask logits as MINDIR."""
 import os
 
 import numpy as np
 
 import mindspore as ms
 
-from .checkpoint import load_network_weights
-from .context import setup_context
-from .models.coupalign import CoupAlign
-from .models.kernels import set_cpu_kernels
+from ..checkpoint import load_network_weights
+from ..context import setup_context
+from ..models.coupalign import CoupAlign
 
 FORMATS = ("MINDIR", "AIR", "ONNX")
 
@@ -26,8 +25,7 @@ def run_export(config):
         raise ValueError(f"file_format must be one of {FORMATS}, got '{config.file_format}'")
     setup_context(config)
     # A MINDIR must not call into a library compiled for this machine.
-    set_cpu_kernels(False)
-    net = CoupAlign(config)
+    net = CoupAlign.from_config(config, cpu_kernels=False)
     load_network_weights(net, config.ckpt_path)
     net.set_train(False)
     file_name = config.file_name

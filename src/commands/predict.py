@@ -1,4 +1,4 @@
-"""predict.py logic: one image and one sentence -> mask overlay PNG."""
+"""predict.py: one image and one sentence -> mask overlay PNG."""
 import os
 
 import cv2
@@ -6,10 +6,10 @@ import numpy as np
 
 import mindspore as ms
 
-from .checkpoint import load_network_weights
-from .context import setup_context
-from .data.dataset import preprocess_image
-from .data.tokenizer import build_tokenizer
+from ..checkpoint import load_network_weights
+from ..context import setup_context
+from ..data.dataset import preprocess_image
+from ..data.tokenizer import build_tokenizer
 
 OVERLAY_COLOUR = (255, 80, 0)  # BGR: blue-ish fill
 OUTLINE_COLOUR = (0, 255, 255)
@@ -38,8 +38,8 @@ def build_predictor(config):
             raise PredictError(f"MINDIR not found: {config.mindir}")
         graph = ms.load(config.mindir)
         return ms.nn.GraphCell(graph)
-    from .models.coupalign import CoupAlign
-    net = CoupAlign(config)
+    from ..models.coupalign import CoupAlign
+    net = CoupAlign.from_config(config)
     load_network_weights(net, config.ckpt_path)
     net.set_train(False)
     return net

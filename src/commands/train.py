@@ -7,16 +7,15 @@ import time
 import mindspore as ms
 import mindspore.nn as nn
 
-from .amp import apply_mixed_precision
-from .checkpoint import CheckpointError, load_network_weights, read_checkpoint, save_checkpoint
-from .context import setup_context
-from .data.dataset import check_token_ids, create_dataset
-from .evaluate import evaluate_split, metrics_summary
-from .models.coupalign import CoupAlign
-from .models.losses import CoupAlignWithLoss
-from .models.weights import load_pretrained
-from .optimizer import build_optimizer
-from .train_step import ScheduledTrainStep, TrainStep
+from ..checkpoint import CheckpointError, load_network_weights, load_pretrained, read_checkpoint, save_checkpoint
+from ..context import setup_context
+from ..data.dataset import check_token_ids, create_dataset
+from ..engine.amp import apply_mixed_precision
+from ..engine.optimizer import build_optimizer
+from ..engine.train_step import ScheduledTrainStep, TrainStep
+from ..evaluation import evaluate_split, metrics_summary
+from ..models.coupalign import CoupAlign
+from ..models.losses import CoupAlignWithLoss
 
 class JsonLog:
     """Echoes a line per record to stdout on every rank (prefixed by the rank when there are several) and,
@@ -35,7 +34,7 @@ class JsonLog:
 
 def build_network(config):
     """CoupAlign with the pretrained encoders the config names, in the config's precision."""
-    net = CoupAlign(config)
+    net = CoupAlign.from_config(config)
     if config.pretrained_swin:
         load_pretrained(net.swin, config.pretrained_swin, "Swin")
     if config.pretrained_bert:

@@ -1,13 +1,12 @@
-"""eval.py logic: metrics of a checkpoint on one or several splits, a table and a JSON file."""
+"""eval.py: metrics of a checkpoint on one or several splits, a table and a JSON file."""
 import json
 import os
 
-from .checkpoint import load_network_weights
-from .context import setup_context
-from .data.dataset import check_token_ids, create_dataset
-from .metrics import format_table
-from .evaluate import evaluate_split
-from .models.coupalign import CoupAlign
+from ..checkpoint import load_network_weights
+from ..context import setup_context
+from ..data.dataset import check_token_ids, create_dataset
+from ..evaluation import evaluate_split, format_table
+from ..models.coupalign import CoupAlign
 
 ALL_SPLITS = {"refcoco": ("val", "testA", "testB"), "refcoco+": ("val", "testA", "testB"),
               "refcocog": ("val", "test")}
@@ -41,7 +40,7 @@ def run_eval(config):
     for split in splits:
         check_token_ids(config, split)
     datasets = {split: create_dataset(config, split, training=False, with_ids=True) for split in splits}
-    net = CoupAlign(config)
+    net = CoupAlign.from_config(config)
     load_network_weights(net, config.ckpt_path)
     net.set_train(False)
     results = {}
