@@ -11,6 +11,7 @@ import mindspore as ms
 
 from src.models.bert import BertModel
 from src.checkpoint import load_pretrained
+from src.tools import hf_bridge
 from src.tools.convert_bert import convert_bert_state_dict, infer_architecture, normalise_names
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,13 +60,9 @@ def tokenize(vocab_file):
 
 
 def hf_last_hidden(model_dir, input_ids, attention_mask):
-    torch = pytest.importorskip("torch", reason="torch is needed for the BERT reference")
-    transformers = pytest.importorskip("transformers", reason="transformers is needed for the BERT reference")
-    model = transformers.BertModel.from_pretrained(model_dir, add_pooling_layer=False).eval()
-    with torch.no_grad():
-        output = model(input_ids=torch.from_numpy(input_ids).long(),
-                       attention_mask=torch.from_numpy(attention_mask).long())
-    return output.last_hidden_state.numpy()
+    pytest.importorskip("torch", reason="torch is needed for the BERT reference")
+    pytest.importorskip("transformers", reason="transformers is needed for the BERT reference")
+    return hf_bridge.hf_bert_pretrained_words(model_dir, input_ids, attention_mask)
 
 
 def test_bert_cli_parity_on_minilm(minilm_dir, tmp_path, monkeypatch):
@@ -96,30 +93,9 @@ def test_bert_cli_parity_on_minilm(minilm_dir, tmp_path, monkeypatch):
     assert diff <= TOLERANCE
 
 
-def _hf_style(rng, hidden=8, layers=2, vocab=11, ffn=16):
-    """Random HF-named BERT state dict (numpy), with pooler, MLM head and position_ids buffer."""
-    sd = {"embeddings.word_embeddings.weight": rng.randn(vocab, hidden),
-          "embeddings.position_embeddings.weight": rng.randn(16, hidden),
-          "embeddings.token_type_embeddings.weight": rng.randn(2, hidden),
-          "embeddings.LayerNorm.weight": rng.randn(hidden), "embeddings.LayerNorm.bias": rng.randn(hidden),
-          "embeddings.position_ids": np.arange(16)[None],
-          "pooler.dense.weight": rng.randn(hidden, hidden), "pooler.dense.bias": rng.randn(hidden)}
-    for index in range(layers):
-        prefix = f"encoder.layer.{index}."
-        for module, shape in (("attention.self.query", (hidden, hidden)), ("attention.self.key", (hidden, hidden)),
-                              ("attention.self.value", (hidden, hidden)), ("attention.output.dense", (hidden, hidden)),
-                              ("intermediate.dense", (ffn, hidden)), ("output.dense", (hidden, ffn))):
-            sd[prefix + module + ".weight"] = rng.randn(*shape)
-            sd[prefix + module + ".bias"] = rng.randn(shape[0])
-        for norm in ("attention.output.LayerNorm", "output.LayerNorm"):
-            sd[prefix + norm + ".weight"] = rng.randn(hidden)
-            sd[prefix + norm + ".bias"] = rng.randn(hidden)
-    return {key: value.astype(np.float32) if value.dtype.kind == "f" else value for key, value in sd.items()}
-
-
 def test_bert_mapping_fuses_qkv_and_reads_old_names():
     """q/k/v fused in that order; "bert." prefix, old LayerNorm gamma/beta and the MLM head handled."""
-    sd = _hf_style(np.random.RandomState(0))
+    sd = hf_bridge.random_hf_bert_state(np.random.RandomState(0))
     net = BertModel(**infer_architecture(normalise_names(sd), 2))
     params = convert_bert_state_dict(sd, net)
     qkv = params["layers.1.attention.qkv.weight"]

@@ -10,113 +10,26 @@ import mindspore as ms
 
 from src.models.swin import SwinTransformer
 from src.checkpoint import load_checkpoint_into
+from src.tools import hf_bridge
 from src.tools.convert_swin import convert_swin_state_dict, resize_relative_position_table, source_name
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOLERANCE = 1e-4
 
-# HF fragment -> official fragment, applied in order (both the 4.x and the 5.x HF naming).
-HF_TO_OFFICIAL = (
-    ("embeddings.patch_embeddings.projection.", "patch_embed.proj."),
-    ("embeddings.norm.", "patch_embed.norm."),
-    ("layernorm_before.", "norm1."),
-    ("layernorm_after.", "norm2."),
-    ("attention.relative_position_bias.relative_position_bias_table", "attn.relative_position_bias_table"),
-    ("attention.self.relative_position_bias_table", "attn.relative_position_bias_table"),
-    ("attention.o_proj.", "attn.proj."),
-    ("attention.output.dense.", "attn.proj."),
-    ("intermediate.dense.", "mlp.fc1."),
-    ("output.dense.", "mlp.fc2."),
-)
-HF_QKV = (("attention.q_proj.", "attention.k_proj.", "attention.v_proj."),
-          ("attention.self.query.", "attention.self.key.", "attention.self.value."))
-HF_KV = tuple(part for group in HF_QKV for part in group[1:])
-
-
-def hf_to_official(state_dict):
-    """HF SwinModel state dict -> official Swin naming with a fused qkv (numpy arrays)."""
-    official = {}
-    for key, tensor in state_dict.items():
-        if key.endswith("relative_position_index"):
-            continue
-        parts = next((group for group in HF_QKV if group[0] in key), None)
-        if parts is not None:
-            stacked = [state_dict[key.replace(parts[0], part)] for part in parts]
-            key = key.replace(parts[0], "attn.qkv.")
-            official[key.replace("encoder.", "", 1)] = np.concatenate([t.numpy() for t in stacked], axis=0)
-            continue
-        if any(part in key for part in HF_KV):
-            continue  # folded into qkv with the query
-        if key.startswith("layernorm."):
-            key = "norm." + key[len("layernorm."):]
-        for old, new in HF_TO_OFFICIAL:
-            key = key.replace(old, new)
-        official[key.replace("encoder.", "", 1)] = tensor.numpy().copy()
-    return official
-
-
-def _stage_sides(image_size, patch_size, stages):
-    side, sides = image_size // patch_size, []
-    for _ in range(stages):
-        sides.append(side)
-        side = (side + 1) // 2
-    return sides
-
-
-def shrink_hf_windows(model, config):
-    """Gives blocks whose stage is not larger than the window a table of the shrunk window.
-
-    The official Swin (and transformers 4.x) build those tables for the shrunk window; transformers
-    5.x sizes them for config.window_size and then fails in the forward pass. Older versions need nothing.
-    """
-    try:
-        from transformers.models.swin.modeling_swin import SwinRelativePositionBias
-    except ImportError:
-        return
-    sides = _stage_sides(config.image_size, config.patch_size, len(config.depths))
-    for stage, side, heads in zip(model.encoder.layers, sides, config.num_heads):
-        if side > config.window_size:
-            continue
-        for block in stage.blocks:
-            if hasattr(block.attention, "relative_position_bias"):
-                block.attention.relative_position_bias = SwinRelativePositionBias(heads, (side, side))
-
-
-def randomise(model, seed):
-    """Random weights everywhere, LayerNorms and relative position tables included, so parity can fail."""
-    import torch
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            noise = torch.randn(param.shape, generator=generator)
-            if name.endswith("relative_position_bias_table"):
-                param.copy_(noise)
-            elif param.ndim == 1:
-                is_norm_scale = "norm" in name and name.endswith("weight")
-                param.copy_(noise * 0.1 + (1.0 if is_norm_scale else 0.0))
-            else:
-                fan_in = param[0].numel()
-                param.copy_(noise * 0.5 / fan_in ** 0.5)
-
 
 def hf_swin(image_size, embed_dim, depths, num_heads, window_size, seed=0):
     """Randomly weighted transformers.SwinModel in eval mode, and its config."""
-    transformers = pytest.importorskip("transformers", reason="transformers is needed for the Swin reference")
-    config = transformers.SwinConfig(image_size=image_size, patch_size=4, embed_dim=embed_dim, depths=list(depths),
-                                     num_heads=list(num_heads), window_size=window_size)
-    model = transformers.SwinModel(config, add_pooling_layer=False)
-    shrink_hf_windows(model, config)
-    randomise(model, seed)
-    return model.eval(), config
+    pytest.importorskip("transformers", reason="transformers is needed for the Swin reference")
+    model = hf_bridge.hf_swin(image_size, embed_dim, depths, num_heads, window_size)
+    hf_bridge.randomise_torch(model, seed)
+    return model.eval(), model.config
 
 
 def hf_stage_maps(model, image):
     """The four (B, C_i, H_i, W_i) stage outputs before patch merging, as numpy."""
     import torch
     with torch.no_grad():
-        output = model(torch.from_numpy(image), output_hidden_states=True,
-                       output_hidden_states_before_downsampling=True)
-    return [state.numpy() for state in output.reshaped_hidden_states[1:5]]
+        return [state.numpy() for state in hf_bridge.hf_swin_stage_maps(model, torch.from_numpy(image))]
 
 
 def our_swin(image_size, embed_dim, depths, num_heads, window_size):
@@ -144,7 +57,7 @@ def test_swin_cli_parity_with_padding_and_shrunk_windows(tmp_path):
     torch = pytest.importorskip("torch", reason="torch is needed to write the .pth")
     arch = dict(image_size=96, embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=7)
     model, _ = hf_swin(**arch)
-    official = hf_to_official(model.state_dict())
+    official = hf_bridge.hf_swin_to_official(model.state_dict())
     assert "norm.weight" in official and "layers.0.blocks.1.attn.qkv.weight" in official
     extras = {"head.weight": np.zeros((10, 128), np.float32), "head.bias": np.zeros(10, np.float32),
               "layers.0.blocks.1.attn_mask": np.zeros((16, 49, 49), np.float32),
@@ -172,7 +85,7 @@ def test_swin_parity_odd_stage_merging():
     arch = dict(image_size=176, embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=4)
     model, _ = hf_swin(**arch, seed=1)
     net = our_swin(**arch)
-    load_params(net, convert_swin_state_dict(hf_to_official(model.state_dict()), net))
+    load_params(net, convert_swin_state_dict(hf_bridge.hf_swin_to_official(model.state_dict()), net))
     image = np.random.RandomState(2).randn(1, 3, 176, 176).astype(np.float32)
     assert_stage_parity(net(ms.Tensor(image)), hf_stage_maps(model, image))
 
@@ -183,7 +96,7 @@ def test_swin_base_parity_at_480():
     arch = dict(image_size=480, embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=12)
     model, _ = hf_swin(**arch, seed=2)
     net = our_swin(**arch)
-    load_params(net, convert_swin_state_dict(hf_to_official(model.state_dict()), net))
+    load_params(net, convert_swin_state_dict(hf_bridge.hf_swin_to_official(model.state_dict()), net))
     image = np.random.RandomState(3).randn(1, 3, 480, 480).astype(np.float32)
     reference = hf_stage_maps(model, image)
     del model
