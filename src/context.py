@@ -3,8 +3,6 @@ import os
 
 import mindspore as ms
 
-from .models.kernels import set_cpu_kernels
-
 DEVICE_TARGETS = ("CPU", "GPU", "Ascend")
 
 
@@ -21,7 +19,6 @@ def setup_context(config, allow_parallel=False):
     device_id = int(os.getenv("DEVICE_ID", config.device_id))
     ms.set_device(config.device_target, device_id)
     ms.set_seed(config.seed)
-    set_cpu_kernels(config.cpu_kernels)
     if not (allow_parallel and launched_in_parallel()):
         return 0, 1
     from mindspore.communication import get_group_size, get_rank, init

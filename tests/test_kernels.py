@@ -1,4 +1,4 @@
-"""The compiled CPU kernels against MindSpore's own ops: outputs and gradients, and the fallback."""
+"""The compiled CPU kernels against their pure-MindSpore references: outputs and gradients, and the fallback."""
 import os
 
 import numpy as np
@@ -8,25 +8,29 @@ import mindspore as ms
 import mindspore.nn as nn
 
 from src.models import kernels
+from src.models.layers import add_bias
 from src.models.swin import shifted_window_mask, window_token_indices
 
 
 @pytest.fixture
 def kernel_and_reference():
-    """Builds each Cell twice: with the compiled kernel and with MindSpore's op."""
+    """Builds each Cell twice: with the compiled kernel, and with cpu_kernels=False (its reference function)."""
     def build(factory):
-        kernels.set_cpu_kernels(True)
-        fast = factory()
-        kernels.set_cpu_kernels(False)
-        reference = factory()
-        kernels.set_cpu_kernels(True)
+        fast = factory(cpu_kernels=True)
+        reference = factory(cpu_kernels=False)
         assert fast.kernel is not None, "the kernel did not compile (g++ missing?)"
         assert reference.kernel is None
         for fast_param, reference_param in zip(fast.get_parameters(), reference.get_parameters()):
             reference_param.set_data(fast_param.value().copy())
         return fast, reference
-    yield build
-    kernels.set_cpu_kernels(True)
+    return build
+
+
+class GeluOfSum(nn.Cell):
+    """The reference of the kernel-only BiasGelu: gelu_reference(add_bias(x, bias))."""
+
+    def construct(self, x, bias):
+        return kernels.gelu_reference(add_bias(x, bias))
 
 
 class SumOfSquares(nn.Cell):
@@ -71,8 +75,10 @@ def test_gelu_matches_exact_gelu(kernel_and_reference):
     assert_same(fast, reference, (ms.Tensor(values),), rtol=1e-5, atol=2e-6)
 
 
-def test_gelu_with_bias_matches_gelu_of_the_sum(kernel_and_reference):
-    fast, reference = kernel_and_reference(kernels.Gelu)
+def test_gelu_with_bias_matches_gelu_of_the_sum():
+    fast = kernels.BiasGelu(cpu_kernels=True)
+    assert fast.kernel is not None, "the kernel did not compile (g++ missing?)"
+    reference = GeluOfSum()
     rng = np.random.default_rng(0)
     values = ms.Tensor(rng.standard_normal((2, 5, 33)).astype(np.float32) * 3)
     bias = ms.Tensor(rng.standard_normal(33).astype(np.float32))
@@ -86,7 +92,7 @@ def window_indices():
 
 
 def test_qkv_heads_match_gather_bias_scale_and_split(kernel_and_reference):
-    fast, reference = kernel_and_reference(lambda: kernels.QkvHeads(num_heads=3, window_tokens=4, scale=0.25))
+    fast, reference = kernel_and_reference(lambda **kw: kernels.QkvHeads(num_heads=3, window_tokens=4, scale=0.25, **kw))
     gather, _, slot_source, token_slot = window_indices()
     rng = np.random.default_rng(0)
     qkv = rng.standard_normal((2, 9, 3 * 12)).astype(np.float32)
@@ -103,7 +109,7 @@ def test_qkv_heads_match_gather_bias_scale_and_split(kernel_and_reference):
 
 
 def test_merge_heads_returns_window_slots_to_their_tokens(kernel_and_reference):
-    fast, reference = kernel_and_reference(lambda: kernels.MergeHeads(num_heads=3, window_tokens=4))
+    fast, reference = kernel_and_reference(lambda **kw: kernels.MergeHeads(num_heads=3, window_tokens=4, **kw))
     _, scatter, slot_source, token_slot = window_indices()
     heads = np.random.default_rng(0).standard_normal((2 * 4, 3, 4, 5)).astype(np.float32)
     merged = fast(ms.Tensor(heads), slot_source, token_slot).asnumpy()
@@ -131,7 +137,7 @@ class ConcatOutputs(nn.Cell):
 
 
 def test_layer_norm_matches_mindspore(kernel_and_reference):
-    fast, reference = kernel_and_reference(lambda: kernels.LayerNorm(48, eps=1e-12))
+    fast, reference = kernel_and_reference(lambda **kw: kernels.LayerNorm(48, eps=1e-12, **kw))
     rng = np.random.default_rng(0)
     fast.gamma.set_data(ms.Tensor(rng.standard_normal(48).astype(np.float32)))
     fast.beta.set_data(ms.Tensor(rng.standard_normal(48).astype(np.float32)))
@@ -143,7 +149,7 @@ def test_layer_norm_matches_mindspore(kernel_and_reference):
 
 @pytest.mark.parametrize("shifted", [False, True])
 def test_window_softmax_matches_bias_mask_softmax(kernel_and_reference, shifted):
-    fast, reference = kernel_and_reference(lambda: kernels.WindowSoftmax(16))
+    fast, reference = kernel_and_reference(lambda **kw: kernels.WindowSoftmax(16, **kw))
     rng = np.random.default_rng(0)
     mask = shifted_window_mask(8, 8, 4, 2)  # 4 windows of 4x4 tokens
     scores = ms.Tensor(rng.standard_normal((2 * mask.shape[0], 3, 16, 16)).astype(np.float32) * 3)
@@ -160,7 +166,7 @@ def test_without_a_compiler_cells_fall_back(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("COUPALIGN_KERNEL_DIR", str(tmp_path))
     kernels.compiled_library.cache_clear()
     try:
-        assert kernels.Gelu().kernel is None
+        assert kernels.Gelu(cpu_kernels=True).kernel is None
         assert "no C++ compiler" in capsys.readouterr().err
     finally:
         kernels.compiled_library.cache_clear()
@@ -179,3 +185,14 @@ def test_library_is_built_once_into_the_cache(monkeypatch, tmp_path):
         assert not [name for name in os.listdir(tmp_path) if name.endswith(".partial")]
     finally:
         kernels.compiled_library.cache_clear()
+
+
+def test_dense_gelu_matches_its_fallback():
+    from src.models.layers import DenseGelu
+    fast, reference = DenseGelu(5, 33, cpu_kernels=True), DenseGelu(5, 33, cpu_kernels=False)
+    assert fast.bias_gelu.kernel is not None and reference.bias_gelu.kernel is None
+    assert [p.name for p in fast.get_parameters()] == ["weight", "bias"]
+    for fast_param, reference_param in zip(fast.get_parameters(), reference.get_parameters()):
+        reference_param.set_data(fast_param.value().copy())
+    values = ms.Tensor(np.random.default_rng(0).standard_normal((2, 7, 5)).astype(np.float32))
+    assert_same(fast, reference, (values,), rtol=1e-5, atol=2e-6)

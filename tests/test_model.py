@@ -280,13 +280,8 @@ def test_recomputed_swin_stages_give_the_same_gradients(tiny_config):
 
 @pytest.mark.parametrize("kernel_size, cpu_kernels", [(1, True), (3, True), (5, True), (3, False)])
 def test_unfold_conv_matches_mindspore_conv2d(kernel_size, cpu_kernels):
-    from src.models import kernels
     from src.models.layers import UnfoldConv2d
-    kernels.set_cpu_kernels(cpu_kernels)
-    try:
-        ours = UnfoldConv2d(6, 5, kernel_size, has_bias=True)
-    finally:
-        kernels.set_cpu_kernels(True)
+    ours = UnfoldConv2d(6, 5, kernel_size, has_bias=True, cpu_kernels=cpu_kernels)
     assert ours.shifted == (cpu_kernels and kernel_size > 1)
     reference = nn.Conv2d(6, 5, kernel_size, pad_mode="same", has_bias=True)
     reference.weight.set_data(ours.weight.value().copy())

@@ -3,19 +3,19 @@ import mindspore as ms
 import mindspore.nn as nn
 import mindspore.ops as ops
 
-from .kernels import Gelu
-from .layers import layer_norm, project
+from .layers import DenseGelu, layer_norm
 
 
 class BertEmbeddings(nn.Cell):
     """Word + position + token-type embeddings, LayerNorm, dropout. (B, T) -> (B, T, H)"""
 
-    def __init__(self, vocab_size, hidden_size, max_position_embeddings, type_vocab_size, eps, dropout):
+    def __init__(self, vocab_size, hidden_size, max_position_embeddings, type_vocab_size, eps, dropout,
+                 cpu_kernels=True):
         super().__init__()
         self.word_embeddings = nn.Embedding(vocab_size, hidden_size)
         self.position_embeddings = nn.Embedding(max_position_embeddings, hidden_size)
         self.token_type_embeddings = nn.Embedding(type_vocab_size, hidden_size)
-        self.LayerNorm = layer_norm(hidden_size, eps)
+        self.LayerNorm = layer_norm(hidden_size, eps, cpu_kernels)
         self.dropout = nn.Dropout(p=dropout)
 
     def construct(self, input_ids):
@@ -57,45 +57,54 @@ class BertSelfAttention(nn.Cell):
 class BertLayer(nn.Cell):
     """Post-norm transformer layer: attention and feed-forward. (B, T, H) -> (B, T, H)"""
 
-    def __init__(self, hidden_size, num_heads, intermediate_size, eps, dropout):
+    def __init__(self, hidden_size, num_heads, intermediate_size, eps, dropout, cpu_kernels=True):
         super().__init__()
         self.attention = BertSelfAttention(hidden_size, num_heads, dropout)
         self.attention_output = nn.Dense(hidden_size, hidden_size)
-        self.attention_norm = layer_norm(hidden_size, eps)
-        self.intermediate = nn.Dense(hidden_size, intermediate_size)
-        self.intermediate_act = Gelu()
+        self.attention_norm = layer_norm(hidden_size, eps, cpu_kernels)
+        self.intermediate = DenseGelu(hidden_size, intermediate_size, cpu_kernels)
         self.output = nn.Dense(intermediate_size, hidden_size)
-        self.output_norm = layer_norm(hidden_size, eps)
+        self.output_norm = layer_norm(hidden_size, eps, cpu_kernels)
         self.dropout = nn.Dropout(p=dropout)
 
     def construct(self, x, mask_bias):
         attended = self.dropout(self.attention_output(self.attention(x, mask_bias)))
         x = self.attention_norm(x + attended)
-        hidden = self.intermediate_act(project(x, self.intermediate.weight), self.intermediate.bias)
-        return self.output_norm(x + self.dropout(self.output(hidden)))
+        return self.output_norm(x + self.dropout(self.output(self.intermediate(x))))
 
 
 class BertModel(nn.Cell):
     """BERT encoder without pooler. (B, T) ids, (B, T) mask -> (B, T, H)"""
 
     def __init__(self, vocab_size, hidden_size, num_hidden_layers, num_attention_heads, intermediate_size,
-                 max_position_embeddings=512, type_vocab_size=2, layer_norm_eps=1e-12, dropout=0.1):
+                 max_position_embeddings=512, type_vocab_size=2, layer_norm_eps=1e-12, dropout=0.1, cpu_kernels=True):
         super().__init__()
         self.num_hidden_layers = num_hidden_layers
         self.embeddings = BertEmbeddings(vocab_size, hidden_size, max_position_embeddings, type_vocab_size,
-                                         layer_norm_eps, dropout)
+                                         layer_norm_eps, dropout, cpu_kernels)
         self.layers = nn.CellList([
-            BertLayer(hidden_size, num_attention_heads, intermediate_size, layer_norm_eps, dropout)
+            BertLayer(hidden_size, num_attention_heads, intermediate_size, layer_norm_eps, dropout, cpu_kernels)
             for _ in range(num_hidden_layers)])
 
+    @staticmethod
+    def config_arguments(config, **overrides):
+        """Constructor arguments from the config's vocab_size / bert_* keys; `overrides` (None = keep) replace them."""
+        arguments = {
+            "vocab_size": config.vocab_size, "hidden_size": config.bert_hidden_size,
+            "num_hidden_layers": config.bert_num_layers, "num_attention_heads": config.bert_num_heads,
+            "intermediate_size": config.bert_intermediate_size,
+            "max_position_embeddings": config.bert_max_position_embeddings,
+            "type_vocab_size": config.bert_type_vocab_size, "layer_norm_eps": config.bert_layer_norm_eps,
+            "dropout": config.bert_dropout,
+        }
+        arguments.update({key: value for key, value in overrides.items() if value is not None})
+        return arguments
+
     @classmethod
-    def from_config(cls, config):
-        return cls(vocab_size=config.vocab_size, hidden_size=config.bert_hidden_size,
-                   num_hidden_layers=config.bert_num_layers, num_attention_heads=config.bert_num_heads,
-                   intermediate_size=config.bert_intermediate_size,
-                   max_position_embeddings=config.bert_max_position_embeddings,
-                   type_vocab_size=config.bert_type_vocab_size, layer_norm_eps=config.bert_layer_norm_eps,
-                   dropout=config.bert_dropout)
+    def from_config(cls, config, cpu_kernels=None, **overrides):
+        """The BERT a config describes; `cpu_kernels` None means config.cpu_kernels."""
+        cpu_kernels = config.cpu_kernels if cpu_kernels is None else cpu_kernels
+        return cls(**cls.config_arguments(config, **overrides), cpu_kernels=cpu_kernels)
 
     @staticmethod
     def mask_bias(attention_mask):

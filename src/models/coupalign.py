@@ -53,23 +53,23 @@ def _stage_split(num_layers, num_stages):
 class CoupAlign(nn.Cell):
     """(B, 3, S, S) image, (B, T) ids, (B, T) mask -> (B, 1, S, S) mask logits"""
 
-    def __init__(self, config):
+    def __init__(self, config, cpu_kernels=True):
         super().__init__()
-        self.swin = SwinTransformer.from_config(config)
-        self.bert = BertModel.from_config(config)
+        self.swin = SwinTransformer.from_config(config, cpu_kernels=cpu_kernels)
+        self.bert = BertModel.from_config(config, cpu_kernels=cpu_kernels)
         self.num_stages = self.swin.num_stages
         self.bert_blocks = _stage_split(config.bert_num_layers, self.num_stages)
         hidden = config.bert_hidden_size
         dim = config.decoder_dim
         self.wpa = nn.CellList([
             WordPixelAlignment(vis_dim, hidden, config.wpa_heads, config.wpa_dropout, resolution,
-                               config.wpa_position_dim)
+                               config.wpa_position_dim, cpu_kernels)
             for vis_dim, resolution in zip(self.swin.dims, self.swin.resolutions)])
         self.sentence_pool = SentencePool(config.sentence_pool)
         self.sentence_proj = nn.Dense(hidden, dim)
         self.mask_generator = MaskGenerator(self.swin.dims, self.swin.resolutions, dim, config.num_queries,
                                             config.dec_layers, config.dec_heads, config.dec_ffn_dim,
-                                            config.gn_groups, config.dec_dropout)
+                                            config.gn_groups, config.dec_dropout, cpu_kernels)
         self.sma = SentenceMaskAlignment(dim)
         self.image_size = config.image_size
         for stage in config.recompute_swin_stages:
@@ -81,9 +81,7 @@ class CoupAlign(nn.Cell):
     @classmethod
     def from_config(cls, config, cpu_kernels=None):
         """The network a config describes; `cpu_kernels` (default: config.cpu_kernels) picks the compiled CPU kernels."""
-        from .kernels import set_cpu_kernels
-        set_cpu_kernels(config.cpu_kernels if cpu_kernels is None else cpu_kernels)
-        return cls(config)
+        return cls(config, cpu_kernels=config.cpu_kernels if cpu_kernels is None else cpu_kernels)
 
     def encode(self, image, input_ids, attention_mask):
         """Coupled encoders -> 4 fused maps S_i (B, C_i, H_i, W_i), final words (B, T, H)."""

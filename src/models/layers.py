@@ -9,7 +9,7 @@ import mindspore.ops as ops
 from mindspore import Parameter
 from mindspore.common.initializer import HeUniform, Uniform, initializer
 
-from .kernels import Gelu, LayerNorm, ShiftSum, SwapLastAxes, add_bias
+from .kernels import BiasGelu, LayerNorm, ShiftSum, SwapLastAxes, gelu_reference
 
 
 def sine_position_encoding(height, width, dim, temperature=10000.0):
@@ -50,9 +50,25 @@ def broadcast_as(y, x):
     return ops.broadcast_to(y, x.shape)
 
 
-def layer_norm(dim, eps=1e-5):
+def add_bias(x, bias):
+    """x + bias along the last axis, as BiasAdd on rows: on CPU a broadcasting Add keeps output-sized
+    buffers for the life of the graph (see broadcast_as). (..., C), (C,) -> (..., C)"""
+    return ops.bias_add(x.reshape(-1, x.shape[-1]), bias.astype(x.dtype)).reshape(x.shape)
+
+
+def dense_parameters(weight_shape, has_bias=True):
+    """(weight, bias or None) initialised as nn.Dense / nn.Conv2d do: weight HeUniform(sqrt 5) of
+    `weight_shape` (out, in, ...), bias Uniform(1/sqrt(fan_in)) of (out,), created in that order."""
+    weight = Parameter(initializer(HeUniform(math.sqrt(5)), weight_shape, ms.float32), name="weight")
+    if not has_bias:
+        return weight, None
+    bound = 1 / math.sqrt(int(np.prod(weight_shape[1:])))
+    return weight, Parameter(initializer(Uniform(bound), (weight_shape[0],), ms.float32), name="bias")
+
+
+def layer_norm(dim, eps=1e-5, cpu_kernels=True):
     """LayerNorm over the last axis; parameters are `gamma` and `beta`."""
-    return LayerNorm(dim, eps)
+    return LayerNorm(dim, eps, cpu_kernels)
 
 
 class DropPath(nn.Cell):
@@ -72,20 +88,36 @@ class DropPath(nn.Cell):
         return x * broadcast_as(mask, x)
 
 
-class Mlp(nn.Cell):
-    """Dense -> GELU -> Dense, fc1's bias added inside the GELU kernel. (..., in_dim) -> (..., out_dim)"""
+class DenseGelu(nn.Cell):
+    """GELU(nn.Dense(x)), with nn.Dense's parameters (`weight`, `bias`). (..., in_dim) -> (..., out_dim)
 
-    def __init__(self, in_dim, hidden_dim, out_dim=None, drop=0.0):
+    With the compiled CPU kernels the bias is added inside the GELU kernel (one pass over the output).
+    """
+
+    def __init__(self, in_dim, out_dim, cpu_kernels=True):
+        super().__init__()
+        self.weight, self.bias = dense_parameters((out_dim, in_dim))
+        self.bias_gelu = BiasGelu(cpu_kernels)
+
+    def construct(self, x):
+        x = project(x, self.weight)
+        if self.bias_gelu.kernel is None:
+            return gelu_reference(add_bias(x, self.bias))
+        return self.bias_gelu(x, self.bias)
+
+
+class Mlp(nn.Cell):
+    """Dense -> GELU -> Dense, the first two fused. (..., in_dim) -> (..., out_dim)"""
+
+    def __init__(self, in_dim, hidden_dim, out_dim=None, drop=0.0, cpu_kernels=True):
         super().__init__()
         out_dim = out_dim or in_dim
-        self.fc1 = nn.Dense(in_dim, hidden_dim)
-        self.act = Gelu()
+        self.fc1 = DenseGelu(in_dim, hidden_dim, cpu_kernels)
         self.fc2 = nn.Dense(hidden_dim, out_dim)
         self.drop = nn.Dropout(p=drop) if drop > 0 else nn.Identity()
 
     def construct(self, x):
-        x = self.act(project(x, self.fc1.weight), self.fc1.bias)
-        return self.fc2(self.drop(x))
+        return self.fc2(self.drop(self.fc1(x)))
 
 
 class MultiHeadAttention(nn.Cell):
@@ -150,19 +182,16 @@ class UnfoldConv2d(nn.Cell):
     Parameters are shaped and named as nn.Conv2d's (`weight` (Cout, Cin, k, k), `bias`).
     """
 
-    def __init__(self, in_dim, out_dim, kernel_size, has_bias=True):
+    def __init__(self, in_dim, out_dim, kernel_size, has_bias=True, cpu_kernels=True):
         super().__init__()
         if kernel_size % 2 == 0:
             raise ValueError(f"UnfoldConv2d needs an odd kernel size, got {kernel_size}")
         self.kernel_size = kernel_size
         self.out_dim = out_dim
-        self.weight = Parameter(initializer(HeUniform(math.sqrt(5)), (out_dim, in_dim, kernel_size, kernel_size),
-                                            ms.float32), name="weight")
-        bound = 1 / math.sqrt(in_dim * kernel_size * kernel_size)
-        self.bias = Parameter(initializer(Uniform(bound), (out_dim,), ms.float32), name="bias") if has_bias else None
-        self.to_rows = SwapLastAxes()
-        self.to_channels = SwapLastAxes()
-        self.shift_sum = ShiftSum(kernel_size) if kernel_size > 1 else None
+        self.weight, self.bias = dense_parameters((out_dim, in_dim, kernel_size, kernel_size), has_bias)
+        self.to_rows = SwapLastAxes(cpu_kernels)
+        self.to_channels = SwapLastAxes(cpu_kernels)
+        self.shift_sum = ShiftSum(kernel_size, cpu_kernels) if kernel_size > 1 else None
         self.shifted = self.shift_sum is not None and self.shift_sum.kernel is not None
 
     def construct(self, x):

@@ -12,9 +12,9 @@ from .layers import Mlp, MultiHeadAttention, UnfoldConv2d, broadcast_as, layer_n
 class ConvNormAct(nn.Cell):
     """Conv2d + GroupNorm (+ ReLU). (B, Cin, H, W) -> (B, Cout, H, W)"""
 
-    def __init__(self, in_dim, out_dim, kernel_size, groups, act=True):
+    def __init__(self, in_dim, out_dim, kernel_size, groups, act=True, cpu_kernels=True):
         super().__init__()
-        self.conv = UnfoldConv2d(in_dim, out_dim, kernel_size, has_bias=False)
+        self.conv = UnfoldConv2d(in_dim, out_dim, kernel_size, has_bias=False, cpu_kernels=cpu_kernels)
         self.norm = nn.GroupNorm(groups, out_dim)
         self.act = nn.ReLU() if act else nn.Identity()
 
@@ -28,12 +28,13 @@ class PixelDecoder(nn.Cell):
     4 maps (B, C_i, H_i, W_i) -> P (B, C, H_1, W_1), memory maps at 1/32, 1/16, 1/8 (B, C, H_j, W_j)
     """
 
-    def __init__(self, in_dims, dim, groups):
+    def __init__(self, in_dims, dim, groups, cpu_kernels=True):
         super().__init__()
         self.num_levels = len(in_dims)
-        self.lateral = nn.CellList([ConvNormAct(in_dim, dim, 1, groups, act=False) for in_dim in in_dims])
-        self.smooth = nn.CellList([ConvNormAct(dim, dim, 3, groups) for _ in in_dims])
-        self.mask_features = UnfoldConv2d(dim, dim, 1, has_bias=True)
+        self.lateral = nn.CellList([ConvNormAct(in_dim, dim, 1, groups, act=False, cpu_kernels=cpu_kernels)
+                                    for in_dim in in_dims])
+        self.smooth = nn.CellList([ConvNormAct(dim, dim, 3, groups, cpu_kernels=cpu_kernels) for _ in in_dims])
+        self.mask_features = UnfoldConv2d(dim, dim, 1, has_bias=True, cpu_kernels=cpu_kernels)
 
     def construct(self, features):
         top = self.num_levels - 1
@@ -51,14 +52,14 @@ class PixelDecoder(nn.Cell):
 class QueryDecoderLayer(nn.Cell):
     """Cross-attention to one memory scale, self-attention, FFN; post-norm. (B, N, C) -> (B, N, C)"""
 
-    def __init__(self, dim, num_heads, ffn_dim, dropout):
+    def __init__(self, dim, num_heads, ffn_dim, dropout, cpu_kernels=True):
         super().__init__()
         self.cross_attn = MultiHeadAttention(dim, dim, dim, num_heads, dropout=dropout)
-        self.cross_norm = layer_norm(dim)
+        self.cross_norm = layer_norm(dim, cpu_kernels=cpu_kernels)
         self.self_attn = MultiHeadAttention(dim, dim, dim, num_heads, dropout=dropout)
-        self.self_norm = layer_norm(dim)
-        self.ffn = Mlp(dim, ffn_dim, drop=dropout)
-        self.ffn_norm = layer_norm(dim)
+        self.self_norm = layer_norm(dim, cpu_kernels=cpu_kernels)
+        self.ffn = Mlp(dim, ffn_dim, drop=dropout, cpu_kernels=cpu_kernels)
+        self.ffn_norm = layer_norm(dim, cpu_kernels=cpu_kernels)
 
     def construct(self, queries, query_pos, memory, memory_pos):
         attended = self.cross_attn(queries + query_pos, memory + broadcast_as(memory_pos, memory), memory)
@@ -72,11 +73,11 @@ class MaskGenerator(nn.Cell):
     """Fused maps -> mask embeddings Q_o (B, N, C), proposals Y_N (B, N, H_1, W_1), pixel embeddings P."""
 
     def __init__(self, in_dims, resolutions, dim, num_queries, num_layers, num_heads, ffn_dim,
-                 groups, dropout=0.0):
+                 groups, dropout=0.0, cpu_kernels=True):
         super().__init__()
         self.num_queries = num_queries
         self.num_layers = num_layers
-        self.pixel_decoder = PixelDecoder(in_dims, dim, groups)
+        self.pixel_decoder = PixelDecoder(in_dims, dim, groups, cpu_kernels)
         # Memory scales, coarsest first, as the pixel decoder returns them.
         scales = [resolutions[level] for level in range(len(in_dims) - 1, 0, -1)]
         self.num_scales = len(scales)
@@ -85,9 +86,10 @@ class MaskGenerator(nn.Cell):
                                      name="level_embed")
         self.query_feat = Parameter(initializer(Normal(1.0), (num_queries, dim), ms.float32), name="query_feat")
         self.query_pos = Parameter(initializer(Normal(1.0), (num_queries, dim), ms.float32), name="query_pos")
-        self.layers = nn.CellList([QueryDecoderLayer(dim, num_heads, ffn_dim, dropout) for _ in range(num_layers)])
-        self.norm = layer_norm(dim)
-        self.to_tokens = SwapLastAxes()
+        self.layers = nn.CellList([QueryDecoderLayer(dim, num_heads, ffn_dim, dropout, cpu_kernels)
+                                   for _ in range(num_layers)])
+        self.norm = layer_norm(dim, cpu_kernels=cpu_kernels)
+        self.to_tokens = SwapLastAxes(cpu_kernels)
         self.mask_embed = nn.SequentialCell([nn.Dense(dim, dim), nn.ReLU(), nn.Dense(dim, dim), nn.ReLU(),
                                              nn.Dense(dim, dim)])
         self.matmul = ops.BatchMatMul()

@@ -11,10 +11,10 @@ import mindspore as ms
 import mindspore.nn as nn
 import mindspore.ops as ops
 from mindspore import Parameter, Tensor
-from mindspore.common.initializer import HeUniform, TruncatedNormal, Uniform, initializer
+from mindspore.common.initializer import TruncatedNormal, initializer
 
-from .kernels import MergeHeads, QkvHeads, SwapLastAxes, WindowSoftmax, add_bias
-from .layers import DropPath, Mlp, layer_norm, project
+from .kernels import MergeHeads, QkvHeads, SwapLastAxes, WindowSoftmax
+from .layers import DropPath, Mlp, add_bias, dense_parameters, layer_norm, project
 
 MASK_VALUE = -100.0
 
@@ -44,6 +44,23 @@ def shifted_window_mask(height, width, window_size, shift_size):
     return np.where(differs, MASK_VALUE, 0.0).astype(np.float32)
 
 
+class WindowQkv(nn.Cell):
+    """qkv projection of the tokens straight into per-head window slots, with nn.Dense(dim, 3*dim)'s
+    parameters (`weight`, `bias`). (B, L, C), slot_source (S,), token_slot (L,) -> q, k, v (B*S/N, heads, N, C/heads)
+
+    The matmul runs on the L tokens (padding slots cost none); the head split adds the bias, so padding
+    slots hold it as the official zero-padded tokens do, and scales the queries.
+    """
+
+    def __init__(self, dim, num_heads, window_tokens, scale, cpu_kernels=True):
+        super().__init__()
+        self.weight, self.bias = dense_parameters((3 * dim, dim))
+        self.split_heads = QkvHeads(num_heads, window_tokens, scale, cpu_kernels)
+
+    def construct(self, x, slot_source, token_slot):
+        return self.split_heads(project(x, self.weight), self.bias, slot_source, token_slot)
+
+
 class WindowAttention(nn.Cell):
     """Multi-head self-attention inside (shifted, padded) windows with relative position bias.
 
@@ -52,7 +69,7 @@ class WindowAttention(nn.Cell):
     back, so padding slots cost no matmul; window partition, shift and padding happen in the head split.
     """
 
-    def __init__(self, dim, window_size, num_heads):
+    def __init__(self, dim, window_size, num_heads, cpu_kernels=True):
         super().__init__()
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
@@ -61,13 +78,12 @@ class WindowAttention(nn.Cell):
             initializer(TruncatedNormal(0.02), ((2 * window_size - 1) ** 2, num_heads), ms.float32),
             name="relative_position_bias_table")
         self.position_index = Tensor(relative_position_index(window_size))
-        self.qkv = nn.Dense(dim, 3 * dim)
+        self.qkv = WindowQkv(dim, num_heads, self.tokens, self.scale, cpu_kernels)
         self.proj = nn.Dense(dim, dim)
-        self.split_heads = QkvHeads(num_heads, self.tokens, self.scale)
-        self.merge_heads = MergeHeads(num_heads, self.tokens)
+        self.merge_heads = MergeHeads(num_heads, self.tokens, cpu_kernels)
         self.matmul_qk = ops.BatchMatMul(transpose_b=True)
         self.matmul_av = ops.BatchMatMul()
-        self.softmax = WindowSoftmax(self.tokens)
+        self.softmax = WindowSoftmax(self.tokens, cpu_kernels)
 
     def position_bias(self):
         """(heads, N, N) bias gathered from the (transposed, small) table."""
@@ -75,7 +91,7 @@ class WindowAttention(nn.Cell):
         return bias.reshape(self.num_heads, self.tokens, self.tokens)
 
     def construct(self, x, slot_source, token_slot, mask=None):
-        q, k, v = self.split_heads(project(x, self.qkv.weight), self.qkv.bias, slot_source, token_slot)
+        q, k, v = self.qkv(x, slot_source, token_slot)
         attn = self.softmax(self.matmul_qk(q, k), self.position_bias(), mask).astype(v.dtype)
         return self.proj(self.merge_heads(self.matmul_av(attn, v), slot_source, token_slot))
 
@@ -110,7 +126,7 @@ def window_token_indices(height, width, window_size, shift_size):
 class SwinBlock(nn.Cell):
     """(Shifted) window attention + MLP, each pre-normed and residual. (B, H*W, C) -> (B, H*W, C)"""
 
-    def __init__(self, dim, resolution, num_heads, window_size, shift_size, mlp_ratio, drop_path):
+    def __init__(self, dim, resolution, num_heads, window_size, shift_size, mlp_ratio, drop_path, cpu_kernels=True):
         super().__init__()
         height, width = resolution
         if min(height, width) <= window_size:
@@ -118,11 +134,11 @@ class SwinBlock(nn.Cell):
         self.height, self.width = height, width
         self.window_size = window_size
         self.shift_size = shift_size
-        self.norm1 = layer_norm(dim)
-        self.attn = WindowAttention(dim, window_size, num_heads)
+        self.norm1 = layer_norm(dim, cpu_kernels=cpu_kernels)
+        self.attn = WindowAttention(dim, window_size, num_heads, cpu_kernels)
         self.drop_path = DropPath(drop_path)
-        self.norm2 = layer_norm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.norm2 = layer_norm(dim, cpu_kernels=cpu_kernels)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), cpu_kernels=cpu_kernels)
         self.attn_mask = None
         gather, scatter = window_token_indices(height, width, window_size, shift_size)
         self.window_gather, self.window_scatter = Tensor(gather), Tensor(scatter)
@@ -142,10 +158,10 @@ class SwinBlock(nn.Cell):
 class PatchMerging(nn.Cell):
     """2x2 neighbourhood concat + linear reduction. (B, H*W, C) -> (B, H/2*W/2, 2C)"""
 
-    def __init__(self, resolution, dim):
+    def __init__(self, resolution, dim, cpu_kernels=True):
         super().__init__()
         self.height, self.width = resolution
-        self.norm = layer_norm(4 * dim)
+        self.norm = layer_norm(4 * dim, cpu_kernels=cpu_kernels)
         self.reduction = nn.Dense(4 * dim, 2 * dim, has_bias=False)
 
     def construct(self, x):
@@ -163,13 +179,14 @@ class PatchMerging(nn.Cell):
 class SwinStage(nn.Cell):
     """Blocks of one stage, then optional patch merging (kept separate for stage-wise fusion)."""
 
-    def __init__(self, dim, resolution, depth, num_heads, window_size, mlp_ratio, drop_paths, merge):
+    def __init__(self, dim, resolution, depth, num_heads, window_size, mlp_ratio, drop_paths, merge,
+                 cpu_kernels=True):
         super().__init__()
         self.blocks = nn.CellList([
             SwinBlock(dim, resolution, num_heads, window_size,
-                      0 if index % 2 == 0 else window_size // 2, mlp_ratio, drop_paths[index])
+                      0 if index % 2 == 0 else window_size // 2, mlp_ratio, drop_paths[index], cpu_kernels)
             for index in range(depth)])
-        self.downsample = PatchMerging(resolution, dim) if merge else None
+        self.downsample = PatchMerging(resolution, dim, cpu_kernels) if merge else None
 
     def forward_blocks(self, x):
         """(B, H*W, C) -> (B, H*W, C)"""
@@ -191,11 +208,11 @@ class PatchEmbed(nn.Cell):
     which on CPU is about 100x faster than MindSpore's strided Conv2d kernel.
     """
 
-    def __init__(self, patch_size, in_chans, embed_dim):
+    def __init__(self, patch_size, in_chans, embed_dim, cpu_kernels=True):
         super().__init__()
         self.patch_size = patch_size
         self.proj = PatchProjection(patch_size, in_chans, embed_dim)
-        self.norm = layer_norm(embed_dim)
+        self.norm = layer_norm(embed_dim, cpu_kernels=cpu_kernels)
 
     def construct(self, image):
         return self.norm(self.proj(image))
@@ -209,10 +226,7 @@ class PatchProjection(nn.Cell):
         self.patch_size = patch_size
         self.in_chans = in_chans
         self.embed_dim = embed_dim
-        fan_in = in_chans * patch_size * patch_size
-        self.weight = Parameter(initializer(HeUniform(math.sqrt(5)), (embed_dim, in_chans, patch_size, patch_size),
-                                            ms.float32), name="weight")
-        self.bias = Parameter(initializer(Uniform(1 / math.sqrt(fan_in)), (embed_dim,), ms.float32), name="bias")
+        self.weight, self.bias = dense_parameters((embed_dim, in_chans, patch_size, patch_size))
 
     def construct(self, image):
         batch, channels, height, width = image.shape
@@ -226,7 +240,7 @@ class SwinTransformer(nn.Cell):
     """Swin backbone. (B, 3, S, S) -> 4 maps (B, C_i, S/(p*2^i), S/(p*2^i)), C_i = embed_dim*2^i"""
 
     def __init__(self, img_size=224, patch_size=4, in_chans=3, embed_dim=96, depths=(2, 2, 6, 2),
-                 num_heads=(3, 6, 12, 24), window_size=7, mlp_ratio=4.0, drop_path_rate=0.0):
+                 num_heads=(3, 6, 12, 24), window_size=7, mlp_ratio=4.0, drop_path_rate=0.0, cpu_kernels=True):
         super().__init__()
         if img_size % patch_size:
             raise ValueError(f"image size {img_size} is not a multiple of the patch size {patch_size}")
@@ -240,22 +254,33 @@ class SwinTransformer(nn.Cell):
             self.resolutions.append((grid, grid))
             grid = (grid + 1) // 2
         rates = np.linspace(0, drop_path_rate, sum(depths)).tolist()
-        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, cpu_kernels)
         stages = []
         for index, depth in enumerate(depths):
             start = sum(depths[:index])
             stages.append(SwinStage(self.dims[index], self.resolutions[index], depth, num_heads[index],
                                     window_size, mlp_ratio, rates[start:start + depth],
-                                    merge=index < self.num_stages - 1))
+                                    merge=index < self.num_stages - 1, cpu_kernels=cpu_kernels))
         self.layers = nn.CellList(stages)
-        self.to_channels_first = SwapLastAxes()
+        self.to_channels_first = SwapLastAxes(cpu_kernels)
+
+    @staticmethod
+    def config_arguments(config, **overrides):
+        """Constructor arguments from the config's image_size / swin_* keys; `overrides` (None = keep) replace them."""
+        arguments = {
+            "img_size": config.image_size, "patch_size": config.swin_patch_size,
+            "embed_dim": config.swin_embed_dim, "depths": tuple(config.swin_depths),
+            "num_heads": tuple(config.swin_num_heads), "window_size": config.swin_window_size,
+            "mlp_ratio": config.swin_mlp_ratio, "drop_path_rate": config.swin_drop_path_rate,
+        }
+        arguments.update({key: value for key, value in overrides.items() if value is not None})
+        return arguments
 
     @classmethod
-    def from_config(cls, config):
-        return cls(img_size=config.image_size, patch_size=config.swin_patch_size,
-                   embed_dim=config.swin_embed_dim, depths=tuple(config.swin_depths),
-                   num_heads=tuple(config.swin_num_heads), window_size=config.swin_window_size,
-                   mlp_ratio=config.swin_mlp_ratio, drop_path_rate=config.swin_drop_path_rate)
+    def from_config(cls, config, cpu_kernels=None, **overrides):
+        """The Swin a config describes; `cpu_kernels` None means config.cpu_kernels."""
+        cpu_kernels = config.cpu_kernels if cpu_kernels is None else cpu_kernels
+        return cls(**cls.config_arguments(config, **overrides), cpu_kernels=cpu_kernels)
 
     def to_map(self, x, stage):
         """(B, H*W, C) tokens of `stage` -> (B, C, H, W)"""

@@ -31,7 +31,7 @@ class PixelWordAttention(nn.Cell):
     pixels by where they are (Swin's relative position bias alone does not say where a window is).
     """
 
-    def __init__(self, vis_dim, lang_dim, num_heads, dropout=0.0, resolution=None, position_dim=0):
+    def __init__(self, vis_dim, lang_dim, num_heads, dropout=0.0, resolution=None, position_dim=0, cpu_kernels=True):
         super().__init__()
         self.vis_proj = nn.Dense(vis_dim, vis_dim)
         self.position = None
@@ -41,7 +41,7 @@ class PixelWordAttention(nn.Cell):
             self.position_proj = nn.Dense(position_dim, vis_dim)
         self.attn = MultiHeadAttention(vis_dim, lang_dim, vis_dim, num_heads, dropout=dropout)
         self.fuse_proj = nn.Dense(vis_dim, vis_dim)
-        self.gelu = Gelu()
+        self.gelu = Gelu(cpu_kernels)
 
     def construct(self, pixels, words, word_mask):
         vis = self.vis_proj(pixels)
@@ -102,10 +102,10 @@ class WordPixelAttention(nn.Cell):
     (B, T, Cl), (B, HW, Cv) -> G (B, T, Cl)
     """
 
-    def __init__(self, lang_dim, vis_dim, num_heads, dropout=0.0):
+    def __init__(self, lang_dim, vis_dim, num_heads, dropout=0.0, cpu_kernels=True):
         super().__init__()
         self.attn = PixelKeyAttention(lang_dim, vis_dim, lang_dim, num_heads, dropout=dropout)
-        self.norm = layer_norm(lang_dim)
+        self.norm = layer_norm(lang_dim, cpu_kernels=cpu_kernels)
 
     def construct(self, words, pixels):
         return self.norm(self.attn(words, pixels))
@@ -117,10 +117,12 @@ class WordPixelAlignment(nn.Cell):
     V (B, HW, Cv), L (B, T, Cl), mask (B, T) -> V' (B, HW, Cv), L' (B, T, Cl), S = F (B, HW, Cv)
     """
 
-    def __init__(self, vis_dim, lang_dim, num_heads=1, dropout=0.0, resolution=None, position_dim=0):
+    def __init__(self, vis_dim, lang_dim, num_heads=1, dropout=0.0, resolution=None, position_dim=0,
+                 cpu_kernels=True):
         super().__init__()
-        self.lang_to_vis = PixelWordAttention(vis_dim, lang_dim, num_heads, dropout, resolution, position_dim)
-        self.vis_to_lang = WordPixelAttention(lang_dim, vis_dim, num_heads, dropout)
+        self.lang_to_vis = PixelWordAttention(vis_dim, lang_dim, num_heads, dropout, resolution, position_dim,
+                                              cpu_kernels)
+        self.vis_to_lang = WordPixelAttention(lang_dim, vis_dim, num_heads, dropout, cpu_kernels)
         self.vis_gate = TanhGate(vis_dim)
         self.lang_gate = TanhGate(lang_dim)
 

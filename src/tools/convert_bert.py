@@ -167,7 +167,8 @@ def choose_num_heads(flag, config_json, default_heads, hidden_size):
 
 
 def build_target(args, state_dict, config_json):
-    """(BertModel, its keyword arguments) from --config_path, or inferred from the weights."""
+    """(BertModel, its constructor arguments) from --config_path, or from the default config with the
+    architecture inferred from the weights."""
     from model_utils.config import ConfigError, get_config
     from src.models.bert import BertModel
     try:
@@ -175,18 +176,13 @@ def build_target(args, state_dict, config_json):
     except ConfigError as err:
         raise ConversionError(str(err)) from err
     if args.config_path:
-        arch = {"vocab_size": config.vocab_size, "hidden_size": config.bert_hidden_size,
-                "num_hidden_layers": config.bert_num_layers,
-                "num_attention_heads": args.num_heads or config.bert_num_heads,
-                "intermediate_size": config.bert_intermediate_size,
-                "max_position_embeddings": config.bert_max_position_embeddings,
-                "type_vocab_size": config.bert_type_vocab_size}
+        overrides = {"num_attention_heads": args.num_heads or None}
     else:
         hidden = state_dict["embeddings.word_embeddings.weight"].shape[1]
         heads = choose_num_heads(args.num_heads, config_json, config.bert_num_heads, hidden)
-        arch = infer_architecture(state_dict, heads)
+        overrides = infer_architecture(state_dict, heads)
     try:
-        return BertModel(**arch), arch
+        return BertModel.from_config(config, **overrides), BertModel.config_arguments(config, **overrides)
     except ValueError as err:
         raise ConversionError(f"cannot build the target BertModel: {err}") from err
 

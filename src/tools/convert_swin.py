@@ -104,17 +104,13 @@ def convert_swin_state_dict(state_dict, target_net):
 
 
 def build_target(config, overrides):
-    """The SwinTransformer that CoupAlign builds from `config`, with `overrides` (None = keep) applied."""
+    """The SwinTransformer that CoupAlign builds from `config`, with `overrides` (None = keep) applied.
+
+    -> (network, its constructor arguments)
+    """
     from src.models.swin import SwinTransformer
-    values = {
-        "img_size": config.image_size, "patch_size": config.swin_patch_size,
-        "embed_dim": config.swin_embed_dim, "depths": tuple(config.swin_depths),
-        "num_heads": tuple(config.swin_num_heads), "window_size": config.swin_window_size,
-        "mlp_ratio": config.swin_mlp_ratio,
-    }
-    values.update({key: value for key, value in overrides.items() if value is not None})
     try:
-        return SwinTransformer(**values), values
+        return SwinTransformer.from_config(config, **overrides), SwinTransformer.config_arguments(config, **overrides)
     except ValueError as err:
         raise ConversionError(f"cannot build the target Swin: {err}") from err
 
