@@ -74,6 +74,9 @@ class WindowAttention(nn.Cell):
         bias = ops.gather(self.relative_position_bias_table.T, self.position_index, 1)
         return bias.reshape(self.num_heads, self.tokens, self.tokens)
 
+    def no_weight_decay(self):
+        return {"relative_position_bias_table"}
+
     def construct(self, x, slot_source, token_slot, mask=None):
         q, k, v = self.split_heads(project(x, self.qkv.weight), self.qkv.bias, slot_source, token_slot)
         attn = self.softmax(self.matmul_qk(q, k), self.position_bias(), mask).astype(v.dtype)
@@ -256,6 +259,15 @@ class SwinTransformer(nn.Cell):
                    embed_dim=config.swin_embed_dim, depths=tuple(config.swin_depths),
                    num_heads=tuple(config.swin_num_heads), window_size=config.swin_window_size,
                    mlp_ratio=config.swin_mlp_ratio, drop_path_rate=config.swin_drop_path_rate)
+
+    def set_recompute(self, stages):
+        """Recompute the blocks of the given 1-based stages in the backward pass instead of keeping their
+        activations."""
+        for stage in stages:
+            if not isinstance(stage, int) or not 1 <= stage <= self.num_stages:
+                raise ValueError(f"recompute_swin_stages holds {stage!r}; Swin stages are 1 to {self.num_stages}")
+            for block in self.layers[stage - 1].blocks:
+                block.recompute()
 
     def to_map(self, x, stage):
         """(B, H*W, C) tokens of `stage` -> (B, C, H, W)"""
