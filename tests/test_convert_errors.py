@@ -85,7 +85,7 @@ def tiny_swin_ckpt(tmp_path_factory):
 def test_load_pretrained_into_coupalign_swin(tiny_config, tiny_swin_ckpt):
     from src.models.coupalign import CoupAlign
     path, params = tiny_swin_ckpt
-    net = CoupAlign(tiny_config)
+    net = CoupAlign.from_config(tiny_config)
     assert net.swin.patch_embed.proj.weight.name == "swin.patch_embed.proj.weight"
     assert load_pretrained(net.swin, path, "Swin") == len(params)
     for name, param in net.swin.parameters_and_names():

@@ -46,7 +46,7 @@ def test_metrics_accumulate_over_batches():
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory, tiny_config):
     ms.set_seed(5)
-    net = CoupAlign(tiny_config)
+    net = CoupAlign.from_config(tiny_config)
     path = str(tmp_path_factory.mktemp("ckpt") / "tiny.ckpt")
     save_checkpoint(net, path, append_dict={"epoch": 1, "step": 10})
     return net, path
@@ -80,7 +80,7 @@ def test_checkpoint_of_another_config_is_refused(tiny_config, tiny_checkpoint):
     other = tiny_config.copy()
     other.decoder_dim = 16
     with pytest.raises(CheckpointError, match="does not fit.*mask_generator"):
-        load_network_weights(CoupAlign(other), path)
+        load_network_weights(CoupAlign.from_config(other), path)
 
 
 def test_export_cli_fails_cleanly_on_a_foreign_checkpoint(tmp_path, tiny_checkpoint):
@@ -96,4 +96,4 @@ def test_export_cli_fails_cleanly_on_a_foreign_checkpoint(tmp_path, tiny_checkpo
 
 def test_missing_checkpoint_is_named(tiny_config):
     with pytest.raises(CheckpointError, match="not_there.ckpt"):
-        load_network_weights(CoupAlign(tiny_config), "not_there.ckpt")
+        load_network_weights(CoupAlign.from_config(tiny_config), "not_there.ckpt")

@@ -34,8 +34,9 @@ class AllOutputs(nn.Cell):
         self.net = net
 
     def construct(self, image, input_ids, attention_mask):
-        outputs = self.net.forward_all(image, input_ids, attention_mask)
-        return outputs + (self.net.upsample(outputs[-1]),)
+        outputs = self.net.forward_train(image, input_ids, attention_mask)
+        names = ("fused", "words", "sentence", "mask_queries", "proposals", "pixel_embed", "weights", "low_res_mask")
+        return tuple(outputs[name] for name in names) + (self.net.upsample(outputs["low_res_mask"]),)
 
 
 class LanguagePath(nn.Cell):
@@ -50,7 +51,7 @@ class LanguagePath(nn.Cell):
 @pytest.fixture(scope="module")
 def tiny_net(tiny_config):
     ms.set_seed(1)
-    net = CoupAlign(tiny_config)
+    net = CoupAlign.from_config(tiny_config)
     net.set_train(False)
     return net
 
@@ -97,7 +98,7 @@ def test_zero_gates_leave_the_language_path_equal_to_bert(tiny_config, tiny_net)
 
 def test_forty_steps_halve_the_segmentation_loss(tiny_config):
     ms.set_seed(2)
-    net = CoupAlign(tiny_config)
+    net = CoupAlign.from_config(tiny_config)
     loss_net = CoupAlignWithLoss(net, tiny_config)
     optimizer = nn.AdamWeightDecay(loss_net.trainable_params(), learning_rate=1e-3, weight_decay=0.01)
     step = TrainStep(loss_net, optimizer, clip_norm=1.0)
@@ -124,7 +125,7 @@ def test_bert_layers_must_split_evenly_over_stages(tiny_config):
     config = tiny_config.copy()
     config.bert_num_layers = 3
     with pytest.raises(ValueError, match="bert_num_layers=3"):
-        CoupAlign(config)
+        CoupAlign.from_config(config)
 
 
 def test_relative_position_index_by_hand():
@@ -173,7 +174,7 @@ def test_contrast_loss_by_hand():
 
 def test_mixed_precision_keeps_norms_in_float32_and_returns_float32(tiny_config):
     from src.engine.amp import apply_mixed_precision
-    net = apply_mixed_precision(CoupAlign(tiny_config), "O2")
+    net = apply_mixed_precision(CoupAlign.from_config(tiny_config), "O2")
     net.set_train(False)
     image, input_ids, attention_mask, _ = make_batch(tiny_config)
     logits = net(image, input_ids, attention_mask)
@@ -183,7 +184,7 @@ def test_mixed_precision_keeps_norms_in_float32_and_returns_float32(tiny_config)
 
 
 def test_training_wrappers_keep_the_network_parameter_names(tiny_config):
-    net = CoupAlign(tiny_config)
+    net = CoupAlign.from_config(tiny_config)
     names = {param.name for param in net.get_parameters()}
     loss_net = CoupAlignWithLoss(net, tiny_config)
     optimizer = nn.AdamWeightDecay(loss_net.trainable_params(), learning_rate=1e-3)
@@ -198,8 +199,8 @@ def test_learning_rates_follow_the_schedule_per_group(tiny_config):
     config = tiny_config.copy()
     config.new_param_lr_mult = 10.0
     config.warmup_epochs = 1
-    net = CoupAlign(config)
-    optimizer, rates = build_optimizer(CoupAlignWithLoss(net, config).trainable_params(), config, 5)
+    net = CoupAlign.from_config(config)
+    optimizer, rates = build_optimizer(CoupAlignWithLoss(net, config), config, 5)
     assert len(rates.multipliers) == 4 == len(learning_rate_parameters(optimizer))
     base, group_rates = rates.for_step(7)
     assert base == pytest.approx(rates.rate(7)) and 0 < base < config.lr
@@ -212,9 +213,9 @@ def test_learning_rates_follow_the_schedule_per_group(tiny_config):
 def test_train_step_applies_the_learning_rates_it_is_given(tiny_config):
     """A rate of zero for a group freezes that group; changing the rates between calls takes effect."""
     from src.engine.optimizer import build_optimizer
-    net = CoupAlign(tiny_config)
+    net = CoupAlign.from_config(tiny_config)
     loss_net = CoupAlignWithLoss(net, tiny_config)
-    optimizer, _ = build_optimizer(loss_net.trainable_params(), tiny_config, 5)
+    optimizer, _ = build_optimizer(loss_net, tiny_config, 5)
     step = TrainStep(loss_net, optimizer)
     step.set_train(True)
     batch = make_batch(tiny_config, batch=2, seed=4)
@@ -257,7 +258,7 @@ def test_recomputed_swin_stages_give_the_same_gradients(tiny_config):
     batch = make_batch(tiny_config, batch=2, seed=4)
 
     def swin_gradients(config, weights=None):
-        loss_net = CoupAlignWithLoss(CoupAlign(config), config)
+        loss_net = CoupAlignWithLoss(CoupAlign.from_config(config), config)
         if weights is not None:
             assert ms.load_param_into_net(loss_net, weights, strict_load=True) == ([], [])
         loss_net.set_train(False)  # no dropout, so that both runs compute the same function
@@ -275,7 +276,7 @@ def test_recomputed_swin_stages_give_the_same_gradients(tiny_config):
         np.testing.assert_allclose(recomputed[name], grad, rtol=1e-4, atol=1e-6, err_msg=name)
     config.recompute_swin_stages = [5]
     with pytest.raises(ValueError, match="recompute_swin_stages"):
-        CoupAlign(config)
+        CoupAlign.from_config(config)
 
 
 @pytest.mark.parametrize("kernel_size, cpu_kernels", [(1, True), (3, True), (5, True), (3, False)])

@@ -112,7 +112,7 @@ def train(config):
 
     net = build_network(config)
     loss_net = CoupAlignWithLoss(net, config)
-    optimizer, learning_rates = build_optimizer(loss_net.trainable_params(), config, steps_per_epoch)
+    optimizer, learning_rates = build_optimizer(loss_net, config, steps_per_epoch)
     reducer = None
     if group_size > 1:
         reducer = nn.DistributedGradReducer(optimizer.parameters, mean=True, degree=group_size)

@@ -10,7 +10,7 @@ def apply_mixed_precision(net, amp_level):
 
     Softmax inside the attention Cells and the losses run in float32 whatever the input type, and
     CoupAlign returns float32 logits. (ms.amp.auto_mixed_precision wraps the network in a new Cell,
-    which would hide CoupAlign.forward_all from the loss wrapper.)
+    which would hide CoupAlign.forward_train from the loss wrapper.)
     """
     if amp_level not in AMP_LEVELS:
         raise ValueError(f"amp_level must be one of {AMP_LEVELS}, got '{amp_level}'")

@@ -20,17 +20,26 @@ def poly_lr(base_lr, total_steps, warmup_steps=0, power=0.9, end_lr=0.0):
     return rates.astype(np.float32)
 
 
-PRETRAINED_PREFIXES = ("swin.", "bert.")
-NO_DECAY_MARKERS = ("gamma", "beta", "bias", "relative_position_bias_table", "position_embeddings",
-                    "level_embed", "query_feat", "query_pos")
+def no_weight_decay_names(network):
+    """Names of the parameters that take no weight decay.
+
+    Every 1-D parameter (norm scales and shifts, biases), plus those a Cell lists, by its own parameter
+    names, in its `no_weight_decay()` (position tables and embeddings, learned queries).
+    """
+    names = {param.name for param in network.trainable_params() if len(param.shape) <= 1}
+    for _, cell in network.cells_and_names():
+        if hasattr(cell, "no_weight_decay"):
+            own = dict(cell.parameters_and_names())
+            unknown = sorted(set(cell.no_weight_decay()) - set(own))
+            if unknown:
+                raise ValueError(f"{type(cell).__name__}.no_weight_decay() names {unknown}, which it does not hold")
+            names.update(own[local].name for local in cell.no_weight_decay())
+    return names
 
 
-def uses_weight_decay(name):
-    return not any(marker in name for marker in NO_DECAY_MARKERS)
-
-
-def is_pretrained(name):
-    return name.startswith(PRETRAINED_PREFIXES)
+def pretrained_names(network):
+    """Names of the parameters of the Cells `network.pretrained_encoders()` returns."""
+    return {param.name for encoder in network.pretrained_encoders() for param in encoder.get_parameters()}
 
 
 class LearningRates:
@@ -58,16 +67,20 @@ class LearningRates:
         return np.asarray(self.base_rates, np.float32)[:, None] * self.multipliers[None, :]
 
 
-def build_optimizer(params, config, steps_per_epoch):
-    """AdamWeightDecay over (decay or not) x (pretrained encoder or new) groups -> (optimizer, LearningRates)."""
+def build_optimizer(network, config, steps_per_epoch):
+    """AdamWeightDecay over the trainable parameters of `network`, in (pretrained encoder or new) x
+    (decay or not) groups -> (optimizer, LearningRates)."""
     total_steps = config.epochs * steps_per_epoch
     warmup_steps = int(config.warmup_epochs * steps_per_epoch)
     base = poly_lr(config.lr, total_steps, warmup_steps, config.lr_power)
+    params = network.trainable_params()
+    pretrained, no_decay = pretrained_names(network), no_weight_decay_names(network)
     groups, multipliers = [], []
-    for pretrained in (True, False):
-        multiplier = 1.0 if pretrained else config.new_param_lr_mult
+    for from_checkpoint in (True, False):
+        multiplier = 1.0 if from_checkpoint else config.new_param_lr_mult
         for decay in (True, False):
-            members = [p for p in params if is_pretrained(p.name) == pretrained and uses_weight_decay(p.name) == decay]
+            members = [p for p in params
+                       if (p.name in pretrained) == from_checkpoint and (p.name not in no_decay) == decay]
             if members:
                 groups.append({"params": members, "weight_decay": config.weight_decay if decay else 0.0,
                                "lr": float(base[0] * multiplier)})

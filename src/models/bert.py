@@ -26,6 +26,9 @@ class BertEmbeddings(nn.Cell):
         x = x + self.token_type_embeddings.embedding_table[0]
         return self.dropout(self.LayerNorm(x))
 
+    def no_weight_decay(self):
+        return {"position_embeddings.embedding_table"}
+
 
 class BertSelfAttention(nn.Cell):
     """Fused-QKV multi-head self-attention with an additive key mask. (B, T, H) -> (B, T, H)"""

@@ -51,37 +51,50 @@ def _stage_split(num_layers, num_stages):
 
 
 class CoupAlign(nn.Cell):
-    """(B, 3, S, S) image, (B, T) ids, (B, T) mask -> (B, 1, S, S) mask logits"""
+    """(B, 3, S, S) image, (B, T) ids, (B, T) mask -> (B, 1, S, S) mask logits
 
-    def __init__(self, config, cpu_kernels=True):
+    `swin` and `bert` are the (pretrained) encoders; the fusion and decoder Cells are built here from
+    their widths and resolutions.
+    """
+
+    def __init__(self, swin, bert, decoder_dim=256, num_queries=16, wpa_heads=1, wpa_dropout=0.0,
+                 wpa_position_dim=64, sentence_pool="mean", dec_layers=6, dec_heads=8, dec_ffn_dim=1024,
+                 gn_groups=32, dec_dropout=0.0, cpu_kernels=True):
         super().__init__()
-        self.swin = SwinTransformer.from_config(config, cpu_kernels=cpu_kernels)
-        self.bert = BertModel.from_config(config, cpu_kernels=cpu_kernels)
-        self.num_stages = self.swin.num_stages
-        self.bert_blocks = _stage_split(config.bert_num_layers, self.num_stages)
-        hidden = config.bert_hidden_size
-        dim = config.decoder_dim
+        self.swin = swin
+        self.bert = bert
+        self.num_stages = swin.num_stages
+        self.bert_blocks = _stage_split(bert.num_hidden_layers, self.num_stages)
+        hidden = bert.embeddings.word_embeddings.embedding_size
         self.wpa = nn.CellList([
-            WordPixelAlignment(vis_dim, hidden, config.wpa_heads, config.wpa_dropout, resolution,
-                               config.wpa_position_dim, cpu_kernels)
-            for vis_dim, resolution in zip(self.swin.dims, self.swin.resolutions)])
-        self.sentence_pool = SentencePool(config.sentence_pool)
-        self.sentence_proj = nn.Dense(hidden, dim)
-        self.mask_generator = MaskGenerator(self.swin.dims, self.swin.resolutions, dim, config.num_queries,
-                                            config.dec_layers, config.dec_heads, config.dec_ffn_dim,
-                                            config.gn_groups, config.dec_dropout, cpu_kernels)
-        self.sma = SentenceMaskAlignment(dim)
-        self.image_size = config.image_size
-        for stage in config.recompute_swin_stages:
-            if not isinstance(stage, int) or not 1 <= stage <= self.num_stages:
-                raise ValueError(f"recompute_swin_stages holds {stage!r}; Swin stages are 1 to {self.num_stages}")
-            for block in self.swin.layers[stage - 1].blocks:
-                block.recompute()
+            WordPixelAlignment(vis_dim, hidden, wpa_heads, wpa_dropout, resolution, wpa_position_dim, cpu_kernels)
+            for vis_dim, resolution in zip(swin.dims, swin.resolutions)])
+        self.sentence_pool = SentencePool(sentence_pool)
+        self.sentence_proj = nn.Dense(hidden, decoder_dim)
+        self.mask_generator = MaskGenerator(swin.dims, swin.resolutions, decoder_dim, num_queries, dec_layers,
+                                            dec_heads, dec_ffn_dim, gn_groups, dec_dropout, cpu_kernels)
+        self.sma = SentenceMaskAlignment(decoder_dim)
+        # The logits come back at the input size: patch size x the first stage's grid.
+        self.image_size = swin.patch_embed.patch_size * swin.resolutions[0][0]
 
     @classmethod
     def from_config(cls, config, cpu_kernels=None):
-        """The network a config describes; `cpu_kernels` (default: config.cpu_kernels) picks the compiled CPU kernels."""
-        return cls(config, cpu_kernels=config.cpu_kernels if cpu_kernels is None else cpu_kernels)
+        """The network a config describes; `cpu_kernels` (default: config.cpu_kernels) picks the compiled CPU
+        kernels."""
+        cpu_kernels = config.cpu_kernels if cpu_kernels is None else cpu_kernels
+        swin = SwinTransformer.from_config(config, cpu_kernels=cpu_kernels)
+        swin.set_recompute(config.recompute_swin_stages)
+        bert = BertModel.from_config(config, cpu_kernels=cpu_kernels)
+        return cls(swin, bert, decoder_dim=config.decoder_dim, num_queries=config.num_queries,
+                   wpa_heads=config.wpa_heads, wpa_dropout=config.wpa_dropout,
+                   wpa_position_dim=config.wpa_position_dim, sentence_pool=config.sentence_pool,
+                   dec_layers=config.dec_layers, dec_heads=config.dec_heads, dec_ffn_dim=config.dec_ffn_dim,
+                   gn_groups=config.gn_groups, dec_dropout=config.dec_dropout, cpu_kernels=cpu_kernels)
+
+    def pretrained_encoders(self):
+        """The Cells whose weights come from converted checkpoints; the optimizer gives every other
+        parameter the `new_param_lr_mult` learning rate."""
+        return self.swin, self.bert
 
     def encode(self, image, input_ids, attention_mask):
         """Coupled encoders -> 4 fused maps S_i (B, C_i, H_i, W_i), final words (B, T, H)."""
@@ -99,13 +112,21 @@ class CoupAlign(nn.Cell):
             pixels = stage.forward_downsample(pixels)
         return fused, words
 
-    def forward_all(self, image, input_ids, attention_mask):
-        """Every intermediate: maps, words, sentence (B, C), Q_o, Y_N, P, weights (B, N), M (B, 1, h, w)."""
+    def forward_train(self, image, input_ids, attention_mask):
+        """Every intermediate the losses may read, by name:
+
+        fused: 4 maps S_i (B, C_i, H_i, W_i), words (B, T, H), sentence (B, C), mask_queries Q_o (B, N, C),
+        proposals Y_N (B, N, h, w), pixel_embed P (B, C, h, w), weights (B, N), low_res_mask M (B, 1, h, w).
+        A dict, not a namedtuple: in MindSpore 2.10 graph mode a namedtuple of these outputs fails to compile
+        (TupleGetItem out of range in the pixel decoder), a dict with string keys compiles, also under
+        ops.value_and_grad.
+        """
         fused, words = self.encode(image, input_ids, attention_mask)
         sentence = self.sentence_proj(self.sentence_pool(words, attention_mask))
         mask_queries, proposals, pixel_embed = self.mask_generator(fused)
         low_res_mask, weights = self.sma(mask_queries, sentence, proposals)
-        return fused, words, sentence, mask_queries, proposals, pixel_embed, weights, low_res_mask
+        return {"fused": fused, "words": words, "sentence": sentence, "mask_queries": mask_queries,
+                "proposals": proposals, "pixel_embed": pixel_embed, "weights": weights, "low_res_mask": low_res_mask}
 
     def upsample(self, low_res_mask):
         """(B, 1, h, w) -> (B, 1, S, S) bilinear."""
@@ -113,5 +134,5 @@ class CoupAlign(nn.Cell):
                                align_corners=False)
 
     def construct(self, image, input_ids, attention_mask):
-        low_res_mask = self.forward_all(image, input_ids, attention_mask)[-1]
+        low_res_mask = self.forward_train(image, input_ids, attention_mask)["low_res_mask"]
         return self.upsample(low_res_mask).astype(ms.float32)

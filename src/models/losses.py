@@ -64,10 +64,14 @@ class CoupAlignWithLoss(nn.Cell):
         self.temperature = config.aux_temperature
         self.aux_proj = nn.Dense(config.decoder_dim, config.decoder_dim)
 
+    def pretrained_encoders(self):
+        """The network's pretrained encoder Cells; `aux_proj` is new, like the decoder."""
+        return self.network.pretrained_encoders()
+
     def construct(self, image, input_ids, attention_mask, gt_mask):
-        outputs = self.network.forward_all(image, input_ids, attention_mask)
-        sentence, pixel_embed, low_res_mask = outputs[2], outputs[5], outputs[-1]
-        logits = self.network.upsample(low_res_mask)
+        outputs = self.network.forward_train(image, input_ids, attention_mask)
+        sentence, pixel_embed = outputs["sentence"], outputs["pixel_embed"]
+        logits = self.network.upsample(outputs["low_res_mask"])
         gt_mask = gt_mask.astype(logits.dtype)
         bce = bce_with_logits(logits.astype(ms.float32), gt_mask.astype(ms.float32))
         dice = dice_loss(logits.astype(ms.float32), gt_mask.astype(ms.float32))

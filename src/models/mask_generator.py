@@ -110,3 +110,6 @@ class MaskGenerator(nn.Cell):
         height, width = pixel_embed.shape[2], pixel_embed.shape[3]
         proposals = self.matmul(self.mask_embed(mask_queries), pixel_embed.reshape(batch, dim, height * width))
         return mask_queries, proposals.reshape(batch, self.num_queries, height, width), pixel_embed
+
+    def no_weight_decay(self):
+        return {"level_embed", "query_feat", "query_pos"}

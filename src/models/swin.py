@@ -90,6 +90,9 @@ class WindowAttention(nn.Cell):
         bias = ops.gather(self.relative_position_bias_table.T, self.position_index, 1)
         return bias.reshape(self.num_heads, self.tokens, self.tokens)
 
+    def no_weight_decay(self):
+        return {"relative_position_bias_table"}
+
     def construct(self, x, slot_source, token_slot, mask=None):
         q, k, v = self.qkv(x, slot_source, token_slot)
         attn = self.softmax(self.matmul_qk(q, k), self.position_bias(), mask).astype(v.dtype)
@@ -281,6 +284,15 @@ class SwinTransformer(nn.Cell):
         """The Swin a config describes; `cpu_kernels` None means config.cpu_kernels."""
         cpu_kernels = config.cpu_kernels if cpu_kernels is None else cpu_kernels
         return cls(**cls.config_arguments(config, **overrides), cpu_kernels=cpu_kernels)
+
+    def set_recompute(self, stages):
+        """Recompute the blocks of the given 1-based stages in the backward pass instead of keeping their
+        activations."""
+        for stage in stages:
+            if not isinstance(stage, int) or not 1 <= stage <= self.num_stages:
+                raise ValueError(f"recompute_swin_stages holds {stage!r}; Swin stages are 1 to {self.num_stages}")
+            for block in self.layers[stage - 1].blocks:
+                block.recompute()
 
     def to_map(self, x, stage):
         """(B, H*W, C) tokens of `stage` -> (B, C, H, W)"""

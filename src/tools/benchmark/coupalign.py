@@ -31,7 +31,7 @@ def part_train(config, args):
     tensors = mindspore_inputs(make_inputs(config, batch=batch), ("image", "input_ids", "attention_mask", "gt_mask"))
     log(f"train: building CoupAlign + losses + AdamWeightDecay, batch {batch}")
     loss_net = CoupAlignWithLoss(build_coupalign(config), config)
-    optimizer, schedule = build_optimizer(loss_net.trainable_params(), config, steps_per_epoch=1000)
+    optimizer, schedule = build_optimizer(loss_net, config, steps_per_epoch=1000)
     _, group_rates = schedule.for_step(0)
     step = TrainStep(loss_net, optimizer, config.grad_clip_norm, loss_scale=1.0)
     step.set_train(True)
