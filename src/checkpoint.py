@@ -4,6 +4,8 @@ import os
 
 import mindspore as ms
 
+from .files import atomic_path
+
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable or does not fit the network."""
@@ -11,12 +13,8 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(save_obj, path, append_dict=None):
     """Writes `path` through a temporary file, so a crash never leaves a half-written checkpoint."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    # MindSpore appends ".ckpt" to names without it, so the temporary name keeps that suffix.
-    temp = os.path.join(directory, f".{os.path.basename(path)}.partial.ckpt")
-    ms.save_checkpoint(save_obj, temp, append_dict=append_dict)
-    os.replace(temp, path)
+    with atomic_path(path, suffix=".ckpt") as temp:
+        ms.save_checkpoint(save_obj, temp, append_dict=append_dict)
 
 
 def read_checkpoint(path):
@@ -31,50 +29,65 @@ def read_checkpoint(path):
         raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
 
 
+def parameter_shapes(net, prefix=""):
+    """{prefix + parameter name relative to `net`: shape} of a Cell."""
+    return {prefix + name: tuple(param.shape) for name, param in net.parameters_and_names()}
+
+
+def compare_shapes(expected, available):
+    """The strict check of weights against a network: {name: shape} the network `expected` vs the
+    {name: shape} `available` -> (missing, mismatched, unexpected).
+
+    missing: expected names not available; mismatched: {name: (available shape, expected shape)};
+    unexpected: available names not expected. Names keep the order of `expected` (of `available` for
+    unexpected), so every caller can phrase its own error about the first ones.
+    """
+    missing, mismatched = [], {}
+    for name, shape in expected.items():
+        if name not in available:
+            missing.append(name)
+        elif tuple(available[name]) != tuple(shape):
+            mismatched[name] = (tuple(available[name]), tuple(shape))
+    unexpected = [name for name in available if name not in expected]
+    return missing, mismatched, unexpected
+
+
+def _mismatch_texts(mismatched):
+    return [f"{name}: checkpoint {saved} vs network {wanted}" for name, (saved, wanted) in mismatched.items()]
+
+
+def _saved_shapes(param_dict, prefix=""):
+    return {name: tuple(value.shape) for name, value in param_dict.items() if name.startswith(prefix)}
+
+
 def load_network_weights(net, path, param_dict=None):
     """Loads every parameter of `net` from `path`; a missing or misshapen one is an error naming it.
 
     Entries of the checkpoint that the network does not have (optimiser state, loss heads) are ignored.
     """
     param_dict = read_checkpoint(path) if param_dict is None else param_dict
-    missing, mismatched = [], []
-    selected = {}
-    for param in net.get_parameters():
-        saved = param_dict.get(param.name)
-        if saved is None:
-            missing.append(param.name)
-        elif tuple(saved.shape) != tuple(param.shape):
-            mismatched.append(f"{param.name}: checkpoint {tuple(saved.shape)} vs network {tuple(param.shape)}")
-        else:
-            selected[param.name] = saved
+    expected = {param.name: tuple(param.shape) for param in net.get_parameters()}
+    missing, mismatched, _ = compare_shapes(expected, _saved_shapes(param_dict))
     if missing or mismatched:
         details = []
         if mismatched:
-            details.append(f"{len(mismatched)} shape mismatch(es), e.g. " + "; ".join(mismatched[:3]))
+            details.append(f"{len(mismatched)} shape mismatch(es), e.g. " + "; ".join(_mismatch_texts(mismatched)[:3]))
         if missing:
             details.append(f"{len(missing)} parameter(s) missing, e.g. " + ", ".join(missing[:3]))
         raise CheckpointError(f"checkpoint {path} does not fit this network (was it trained with another "
                               f"config?): " + " | ".join(details))
-    ms.load_param_into_net(net, selected, strict_load=True)
+    ms.load_param_into_net(net, {name: param_dict[name] for name in expected}, strict_load=True)
     return param_dict
 
 
 def _match(net, saved, prefix, ckpt_path):
-    """(missing, unexpected) names; raises CheckpointError naming every misshapen parameter."""
-    local = dict(net.parameters_and_names())
-    missing, mismatched = [], []
-    for name, param in local.items():
-        entry = saved.get(prefix + name)
-        if entry is None:
-            missing.append(name)
-        elif tuple(entry.shape) != tuple(param.shape):
-            mismatched.append(f"{prefix + name}: checkpoint {tuple(entry.shape)} vs network {tuple(param.shape)}")
+    """(missing, unexpected) names relative to `net`; raises CheckpointError naming every misshapen parameter."""
+    missing, mismatched, unexpected = compare_shapes(parameter_shapes(net, prefix), _saved_shapes(saved, prefix))
     if mismatched:
         more = f" (+{len(mismatched) - 5} more)" if len(mismatched) > 5 else ""
-        raise CheckpointError(f"{ckpt_path} does not fit the network: " + "; ".join(mismatched[:5]) + more)
-    wanted = {prefix + name for name in local}
-    unexpected = [key for key in saved if key.startswith(prefix) and key not in wanted]
-    return missing, unexpected
+        raise CheckpointError(f"{ckpt_path} does not fit the network: " + "; ".join(_mismatch_texts(mismatched)[:5])
+                              + more)
+    return [name[len(prefix):] for name in missing], unexpected
 
 
 def _assign(net, saved, prefix):

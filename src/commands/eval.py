@@ -1,11 +1,11 @@
 """eval.py: metrics of a checkpoint on one or several splits, a table and a JSON file."""
 import json
-import os
 
 from ..checkpoint import load_network_weights
 from ..context import setup_context
 from ..data.dataset import check_token_ids, create_dataset
 from ..evaluation import evaluate_split, format_table
+from ..files import atomic_path
 from ..models.coupalign import CoupAlign
 
 ALL_SPLITS = {"refcoco": ("val", "testA", "testB"), "refcoco+": ("val", "testA", "testB"),
@@ -26,12 +26,8 @@ def parse_splits(config):
 
 
 def write_json_atomic(path, data):
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    temp = os.path.join(directory, f".{os.path.basename(path)}.tmp")
-    with open(temp, "w", encoding="utf-8") as handle:
+    with atomic_path(path) as temp, open(temp, "w", encoding="utf-8") as handle:
         json.dump(data, handle, indent=2)
-    os.replace(temp, path)
 
 
 def run_eval(config):

@@ -10,6 +10,7 @@ from ..checkpoint import load_network_weights
 from ..context import setup_context
 from ..data.dataset import preprocess_image
 from ..data.tokenizer import build_tokenizer
+from ..files import atomic_path
 
 OVERLAY_COLOUR = (255, 80, 0)  # BGR: blue-ish fill
 OUTLINE_COLOUR = (0, 255, 255)
@@ -104,14 +105,11 @@ def predict(config):
     logits = cv2.resize(logits, (width, height), interpolation=cv2.INTER_LINEAR)
     binary = logits > 0
     overlay = overlay_mask(rgb, binary, config.sentence)
-    output = config.output
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     ok, encoded = cv2.imencode(".png", overlay)
     if not ok:
         raise PredictError("could not encode the overlay as PNG")
-    temp = os.path.join(os.path.dirname(os.path.abspath(output)), f".{os.path.basename(output)}.tmp")
-    encoded.tofile(temp)
-    os.replace(temp, output)
-    print(f"mask covers {binary.mean() * 100:.1f}% of the image; overlay written to {output}")
+    with atomic_path(config.output) as temp:
+        encoded.tofile(temp)
+    print(f"mask covers {binary.mean() * 100:.1f}% of the image; overlay written to {config.output}")
     return binary
 

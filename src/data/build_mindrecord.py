@@ -20,6 +20,7 @@ from model_utils.config import ConfigError, get_config
 from src.data.dataset import mindrecord_files, mindrecord_name, mindrecord_path
 from src.data.refer import Refer, ReferError
 from src.data.tokenizer import VocabError, build_tokenizer
+from src.files import atomic_path
 
 WRITE_CHUNK = 256
 IMAGE_CACHE_SIZE = 16
@@ -183,12 +184,10 @@ def write_skip_report(path, stats):
         if os.path.exists(path):
             os.remove(path)
         return
-    tmp_path = path + ".tmp"
-    with open(tmp_path, "w", encoding="utf-8") as handle:
+    with atomic_path(path) as temp, open(temp, "w", encoding="utf-8") as handle:
         handle.write("sent_id\tref_id\timage_id\treason\n")
         for sent_id, ref_id, image_id, reason in stats.skipped:
             handle.write(f"{sent_id}\t{ref_id}\t{image_id}\t{reason}\n")
-    os.replace(tmp_path, path)
 
 
 def convert_split(refer, split, tokenizer, config):

@@ -1,7 +1,13 @@
 """Helpers shared by the weight converters: reading foreign checkpoints, checking and saving."""
 import os
+import sys
 
+import mindspore as ms
 import numpy as np
+
+from ..checkpoint import compare_shapes, save_checkpoint
+# Converters read the target's {name: shape} under this name.
+from ..checkpoint import parameter_shapes as expected_shapes
 
 # Keys under which training scripts nest the state dict inside a .pth file.
 NESTED_STATE_KEYS = ("model", "state_dict", "module")
@@ -85,35 +91,22 @@ def strip_prefix(state_dict, prefixes):
     return state_dict
 
 
-def expected_shapes(net):
-    """{local parameter name: shape} of a Cell, names relative to the Cell itself."""
-    return {name: tuple(param.shape) for name, param in net.parameters_and_names()}
-
-
 def check_params(params, net, hint=""):
     """Raises ConversionError naming the first parameter of `net` that is absent or misshapen in `params`."""
-    for name, shape in expected_shapes(net).items():
-        if name not in params:
+    expected = expected_shapes(net)
+    missing, mismatched, _ = compare_shapes(expected, {name: array.shape for name, array in params.items()})
+    missing = set(missing)
+    for name, shape in expected.items():
+        if name in missing:
             raise ConversionError(f"parameter {name} {shape} was not produced from the checkpoint{hint}")
-        got = tuple(params[name].shape)
-        if got != shape:
-            raise ConversionError(f"parameter {name}: checkpoint gives shape {got}, "
+        if name in mismatched:
+            raise ConversionError(f"parameter {name}: checkpoint gives shape {mismatched[name][0]}, "
                                   f"target network expects {shape}{hint}")
 
 
 def save_params(params, dst):
     """Writes {name: np.ndarray} as a MindSpore checkpoint, through a temporary file renamed at the end."""
-    import mindspore as ms
-    directory = os.path.dirname(os.path.abspath(dst))
-    os.makedirs(directory, exist_ok=True)
-    # save_checkpoint appends ".ckpt" to names without it, so the temporary name ends in .ckpt.
-    temp = os.path.join(directory, f".{os.path.basename(dst)}.partial.ckpt")
-    try:
-        ms.save_checkpoint([{"name": name, "data": ms.Tensor(array)} for name, array in params.items()], temp)
-        os.replace(temp, dst)
-    finally:
-        if os.path.exists(temp):
-            os.remove(temp)
+    save_checkpoint([{"name": name, "data": ms.Tensor(array)} for name, array in params.items()], dst)
 
 
 def summarise(names, limit=6):
@@ -121,3 +114,13 @@ def summarise(names, limit=6):
     names = list(names)
     text = ", ".join(names[:limit])
     return text + (f", ... (+{len(names) - limit} more)" if len(names) > limit else "")
+
+
+def run_cli(parse_args, run, argv=None):
+    """A converter's main: parses `argv` (default sys.argv[1:]) and runs it; a ConversionError exits with its
+    message and no traceback."""
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        run(args)
+    except ConversionError as err:
+        sys.exit(f"error: {err}")

@@ -12,12 +12,11 @@ import argparse
 import json
 import os
 import re
-import sys
 
 import numpy as np
 
-from .common import (ConversionError, check_params, expected_shapes, read_state_dict, save_params,
-                     strip_prefix, summarise)
+from .common import (ConversionError, check_params, expected_shapes, read_state_dict, run_cli,
+                     save_params, strip_prefix, summarise)
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # Pre-training heads and pooler: CoupAlign uses the word features only.
@@ -216,11 +215,7 @@ def run(args):
 
 
 def main(argv=None):
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        run(args)
-    except ConversionError as err:
-        sys.exit(f"error: {err}")
+    run_cli(parse_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -9,12 +9,11 @@ target window differs from the checkpoint's (as the official Swin code does when
 """
 import argparse
 import math
-import sys
 
 import numpy as np
 
-from .common import (ConversionError, check_params, expected_shapes, read_state_dict, save_params,
-                     strip_prefix, summarise)
+from .common import (ConversionError, check_params, expected_shapes, read_state_dict, run_cli,
+                     save_params, strip_prefix, summarise)
 
 TABLE_SUFFIX = "relative_position_bias_table"
 BUFFER_SUFFIXES = ("relative_position_index", "attn_mask")
@@ -164,11 +163,7 @@ def run(args):
 
 
 def main(argv=None):
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        run(args)
-    except ConversionError as err:
-        sys.exit(f"error: {err}")
+    run_cli(parse_args, run, argv)
 
 
 if __name__ == "__main__":
