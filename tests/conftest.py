@@ -2,6 +2,7 @@
 import os
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,3 +23,33 @@ def graph_mode_cpu():
 def tiny_config():
     from model_utils.config import get_config
     return get_config([], TINY_CONFIG)
+
+
+def make_batch(config, batch=2, seed=0):
+    """Random image, ids, attention mask (last sample half padding) and a box mask, as Tensors."""
+    import mindspore as ms
+    rng = np.random.default_rng(seed)
+    size, tokens = config.image_size, config.max_tokens
+    image = rng.standard_normal((batch, 3, size, size)).astype(np.float32)
+    input_ids = rng.integers(5, config.vocab_size, (batch, tokens)).astype(np.int32)
+    attention_mask = np.ones((batch, tokens), np.int32)
+    attention_mask[-1, tokens // 2:] = 0
+    input_ids[attention_mask == 0] = 0
+    gt = np.zeros((batch, 1, size, size), np.float32)
+    for index in range(batch):
+        top, left = rng.integers(0, size // 2, 2)
+        gt[index, 0, top:top + size // 2, left:left + size // 3] = 1
+    return [ms.Tensor(array) for array in (image, input_ids, attention_mask, gt)]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_config):
+    """A seeded tiny CoupAlign and the checkpoint it was saved to -> (net, path)."""
+    import mindspore as ms
+    from src.checkpoint import save_checkpoint
+    from src.models.coupalign import CoupAlign
+    ms.set_seed(5)
+    net = CoupAlign.from_config(tiny_config)
+    path = str(tmp_path_factory.mktemp("ckpt") / "tiny.ckpt")
+    save_checkpoint(net, path, append_dict={"epoch": 1, "step": 10})
+    return net, path

@@ -11,7 +11,9 @@ import pytest
 
 from src.tools.benchmark import summarise_times, thread_list, timing_record
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(ROOT, "tiny_config.yaml")
 TIMING_KEYS = ("runs", "median_ms", "q1_ms", "q3_ms", "min_ms", "max_ms", "mean_ms", "times_ms",
                "first_call_s", "compile_s")

@@ -13,9 +13,9 @@ from src.models.swin import SwinTransformer
 from src.checkpoint import load_checkpoint_into, load_pretrained
 from src.tools.common import ConversionError, save_params
 from src.tools.convert_swin import convert_swin_state_dict
-from tests.test_convert_swin import official_state_dict as official_swin_state_dict
+from tests.tools.test_convert_swin import official_state_dict as official_swin_state_dict
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY_CONFIG = os.path.join(ROOT, "tiny_config.yaml")
 TINY_SWIN = dict(img_size=64, patch_size=4, embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=4)
 

@@ -14,7 +14,7 @@ from src.checkpoint import load_pretrained
 from src.tools import hf_bridge
 from src.tools.convert_bert import convert_bert_state_dict, infer_architecture, normalise_names
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MAX_TOKENS = 20
 TOLERANCE = 1e-4
 
@@ -65,6 +65,7 @@ def hf_last_hidden(model_dir, input_ids, attention_mask):
     return hf_bridge.hf_bert_pretrained_words(model_dir, input_ids, attention_mask)
 
 
+@pytest.mark.slow
 def test_bert_cli_parity_on_minilm(minilm_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a local directory: nothing may be fetched
     input_ids, attention_mask = tokenize(os.path.join(minilm_dir, "vocab.txt"))

@@ -16,6 +16,8 @@ from src.data.refer import Refer
 from src.evaluation import RefSegMetrics
 from tests.conftest import ROOT, TINY_CONFIG
 
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
 ENV = dict(os.environ, GLOG_v="3", PYTHONPATH=ROOT)
 # tiny_config's epochs are chosen so that the tiny model learns the synthetic set on a 2-core CPU.
 E2E_EPOCHS = get_config([], TINY_CONFIG).epochs
