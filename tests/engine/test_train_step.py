@@ -1,7 +1,7 @@
 """TrainStep and ScheduledTrainStep: the learning rates they are given are applied."""
 import numpy as np
-
 import pytest
+
 import mindspore as ms
 import mindspore.nn as nn
 
