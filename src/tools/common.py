@@ -7,7 +7,7 @@ import numpy as np
 
 from ..checkpoint import compare_shapes, save_checkpoint
 # Converters read the target's {name: shape} under this name.
-from ..checkpoint import parameter_shapes as expected_shapes
+from ..checkpoint import parameter_shapes
 
 # Keys under which training scripts nest the state dict inside a .pth file.
 NESTED_STATE_KEYS = ("model", "state_dict", "module")
@@ -93,7 +93,7 @@ def strip_prefix(state_dict, prefixes):
 
 def check_params(params, net, hint=""):
     """Raises ConversionError naming the first parameter of `net` that is absent or misshapen in `params`."""
-    expected = expected_shapes(net)
+    expected = parameter_shapes(net)
     missing, mismatched, _ = compare_shapes(expected, {name: array.shape for name, array in params.items()})
     missing = set(missing)
     for name, shape in expected.items():

@@ -15,7 +15,8 @@ import re
 
 import numpy as np
 
-from .common import (ConversionError, check_params, expected_shapes, read_state_dict, run_cli,
+from ..checkpoint import parameter_shapes
+from .common import (ConversionError, check_params, read_state_dict, run_cli,
                      save_params, strip_prefix, summarise)
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -127,11 +128,11 @@ def convert_bert_state_dict(state_dict, target_net):
     if unknown:
         raise ConversionError(f"the checkpoint has weights with no place in BertModel: {summarise(unknown)}")
     check_params(params, target_net, " (does the target config describe this checkpoint?)")
-    extra = sorted(set(params) - set(expected_shapes(target_net)))
+    extra = sorted(set(params) - set(parameter_shapes(target_net)))
     if extra:
         raise ConversionError(f"the checkpoint has weights the target network has no place for: "
                               f"{summarise(extra)} (more layers than the target?)")
-    return {name: params[name].astype(np.float32) for name in expected_shapes(target_net)}
+    return {name: params[name].astype(np.float32) for name in parameter_shapes(target_net)}
 
 
 def infer_architecture(state_dict, num_heads):

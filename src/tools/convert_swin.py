@@ -12,7 +12,8 @@ import math
 
 import numpy as np
 
-from .common import (ConversionError, check_params, expected_shapes, read_state_dict, run_cli,
+from ..checkpoint import parameter_shapes
+from .common import (ConversionError, check_params, read_state_dict, run_cli,
                      save_params, strip_prefix, summarise)
 
 TABLE_SUFFIX = "relative_position_bias_table"
@@ -66,7 +67,7 @@ def _check_is_swin(state_dict):
 
 def classify_unused(state_dict, target_net):
     """Checkpoint keys no target parameter uses: {"buffers": [...], "head": [...], "other": [...]}."""
-    used = {source_name(name) for name in expected_shapes(target_net)}
+    used = {source_name(name) for name in parameter_shapes(target_net)}
     groups = {"buffers": [], "head": [], "other": []}
     for key in state_dict:
         if key in used:
@@ -86,7 +87,7 @@ def convert_swin_state_dict(state_dict, target_net):
     _check_is_swin(state_dict)
     hint = " (do the config's image_size / swin_* keys describe this checkpoint?)"
     params = {}
-    for name, shape in expected_shapes(target_net).items():
+    for name, shape in parameter_shapes(target_net).items():
         key = source_name(name)
         if key not in state_dict:
             raise ConversionError(f"the checkpoint has no {key} for parameter {name} {shape}{hint}")
