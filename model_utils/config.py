@@ -6,6 +6,7 @@ import argparse
 import ast
 import os
 import sys
+import traceback
 
 import yaml
 
@@ -170,8 +171,33 @@ def config_or_exit(argv=None):
 
 def run_or_exit(command, config):
     """Runs `command(config)`; errors about the user's input (ValueError and its kin, a missing file) end
-    the run with exit code 1 and a one-line message instead of a traceback."""
+    the run with exit code 1 and a one-line message instead of a traceback.
+
+    In a distributed job any failure ends this rank at once, with a message naming it (see `exit_rank`).
+    """
+    from src.context import launched_in_parallel
+    distributed = launched_in_parallel()
     try:
         return command(config)
     except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
+        if not distributed:
+            sys.exit(f"error: {err}")
+        exit_rank(str(err))
+    except BaseException as err:  # pylint: disable=broad-except
+        if not distributed:
+            raise
+        traceback.print_exc()
+        exit_rank(f"{type(err).__name__}: {err}")
+    return None
+
+
+def exit_rank(message):
+    """Ends a rank of a distributed job with `error: rank R: message` and exit code 1.
+
+    It leaves without MindSpore's cluster finalisation, which would wait for the other ranks: the scheduler
+    sees this rank's heartbeat stop and ends every rank within MS_NODE_TIMEOUT (30 s by default), where a
+    clean exit would leave the others waiting in their next collective until it times out.
+    """
+    print(f"error: rank {os.getenv('RANK_ID', '?')}: {message}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(1)

@@ -17,24 +17,29 @@ def intersection_union(pred, target):
 
 
 class RefSegMetrics:
-    """Accumulates intersections and unions over a split."""
+    """Accumulates per-sample intersections and unions over a split."""
 
     def __init__(self):
         self.intersections = []
         self.unions = []
 
-    def update(self, pred, target):
-        """Adds a batch of boolean masks; returns the per-sample IoUs (0 where the union is empty)."""
-        inter, union = intersection_union(pred, target)
+    def add_counts(self, inter, union):
+        """Adds per-sample |P and G|, |P or G| (int arrays (B,)); returns the per-sample IoUs (0 where the
+        union is empty)."""
+        inter, union = np.asarray(inter, np.int64), np.asarray(union, np.int64)
         self.intersections.append(inter)
         self.unions.append(union)
-        return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+        return sample_ious(inter, union)
+
+    def update(self, pred, target):
+        """Adds a batch of boolean masks; returns the per-sample IoUs."""
+        return self.add_counts(*intersection_union(pred, target))
 
     def result(self):
         """{'oIoU', 'mIoU', 'prec@0.5'..'prec@0.9', 'num_samples'} with fractions in [0, 1]."""
         inter = np.concatenate(self.intersections) if self.intersections else np.zeros(0, np.int64)
         union = np.concatenate(self.unions) if self.unions else np.zeros(0, np.int64)
-        ious = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+        ious = sample_ious(inter, union)
         total_union = union.sum()
         result = {"oIoU": float(inter.sum() / total_union) if total_union > 0 else 0.0,
                   "mIoU": float(ious.mean()) if len(ious) else 0.0}
@@ -42,6 +47,10 @@ class RefSegMetrics:
             result[f"prec@{threshold}"] = float((ious >= threshold).mean()) if len(ious) else 0.0
         result["num_samples"] = int(len(ious))
         return result
+
+
+def sample_ious(inter, union):
+    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
 
 
 def format_table(results):
@@ -54,28 +63,44 @@ def format_table(results):
         lines.append(f"| {split} | {cells} | {metrics['num_samples']} |")
     return "\n".join(lines)
 
-def evaluate_split(net, dataset, description="eval", per_sample_file=None, split=""):
-    """Runs `net` over every batch of `dataset`; returns the metrics dict of DESIGN section 5.
+def predict_counts(net, dataset, description="eval"):
+    """Runs `net` over every batch of `dataset` (image, input_ids, attention_mask, mask, ref_id, sent_id)
+    -> int64 (n, 4) rows [ref_id, sent_id, intersection, union], in the dataset's order.
 
-    Batches are (image, input_ids, attention_mask, mask[, ref_id, sent_id]); a pixel is predicted
-    as object where the logit is > 0 (sigmoid > 0.5).
+    A pixel is predicted as object where the logit is > 0 (sigmoid > 0.5).
     """
     was_training = net.training
     net.set_train(False)
-    metrics = RefSegMetrics()
-    total = dataset.get_dataset_size()
+    rows = []
     iterator = dataset.create_tuple_iterator(num_epochs=1)
     # disable=None: a progress bar on a terminal, none in log files.
-    for batch in tqdm(iterator, total=total, desc=description, file=sys.stdout, leave=False, disable=None):
-        image, input_ids, attention_mask, mask = batch[:4]
+    for batch in tqdm(iterator, total=dataset.get_dataset_size(), desc=description, file=sys.stdout, leave=False,
+                      disable=None):
+        image, input_ids, attention_mask, mask, ref_id, sent_id = batch[:6]
         logits = net(image, input_ids, attention_mask).asnumpy()
-        ious = metrics.update(logits[:, 0] > 0, mask.asnumpy()[:, 0] > 0.5)
-        if per_sample_file is not None and len(batch) >= 6:
-            ref_ids, sent_ids = batch[4].asnumpy().reshape(-1), batch[5].asnumpy().reshape(-1)
-            for ref_id, sent_id, iou in zip(ref_ids, sent_ids, ious):
-                per_sample_file.write(json.dumps({"split": split, "ref_id": int(ref_id), "sent_id": int(sent_id),
-                                                  "iou": round(float(iou), 6)}) + "\n")
+        inter, union = intersection_union(logits[:, 0] > 0, mask.asnumpy()[:, 0] > 0.5)
+        rows.append(np.stack([ref_id.asnumpy().reshape(-1), sent_id.asnumpy().reshape(-1), inter, union], axis=1))
     net.set_train(was_training)
+    return np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, 4), np.int64)
+
+
+def evaluate_split(net, dataset, description="eval", per_sample_file=None, split="", ranks=None):
+    """Metrics of DESIGN section 5 of `net` on `dataset` (batches with ref_id and sent_id).
+
+    With `ranks` (a RankGroup of several ranks), `dataset` is this rank's shard of the split; the
+    per-sample counts of all shards are gathered back into stored order on every rank, so every rank
+    returns the metrics a single process computes, to the last digit. `per_sample_file` (give it on
+    one rank only) gets one JSON line per sample of the whole split.
+    """
+    rows = predict_counts(net, dataset, description)
+    if ranks is not None:
+        rows = ranks.gather_shards(rows)
+    metrics = RefSegMetrics()
+    ious = metrics.add_counts(rows[:, 2], rows[:, 3])
+    if per_sample_file is not None:
+        for (ref_id, sent_id, _, _), iou in zip(rows.tolist(), ious):
+            per_sample_file.write(json.dumps({"split": split, "ref_id": ref_id, "sent_id": sent_id,
+                                              "iou": round(float(iou), 6)}) + "\n")
     return metrics.result()
 
 

@@ -1,4 +1,5 @@
 """eval.py: metrics of a checkpoint on one or several splits, a table and a JSON file."""
+import contextlib
 import json
 
 from ..checkpoint import load_network_weights
@@ -7,6 +8,7 @@ from ..data.dataset import check_token_ids, create_dataset
 from ..evaluation import evaluate_split, format_table
 from ..files import atomic_path
 from ..models.coupalign import CoupAlign
+from ..parallel import RankGroup
 
 ALL_SPLITS = {"refcoco": ("val", "testA", "testB"), "refcoco+": ("val", "testA", "testB"),
               "refcocog": ("val", "test")}
@@ -25,34 +27,46 @@ def parse_splits(config):
     return splits
 
 
+@contextlib.contextmanager
+def per_sample_writer(path):
+    """The per-sample JSON-lines file (written atomically: it appears complete or not at all), or None."""
+    if not path:
+        yield None
+        return
+    with atomic_path(path, suffix=".jsonl") as temp, open(temp, "w", encoding="utf-8") as handle:
+        yield handle
+
+
 def write_json_atomic(path, data):
     with atomic_path(path) as temp, open(temp, "w", encoding="utf-8") as handle:
         json.dump(data, handle, indent=2)
 
 
 def run_eval(config):
-    setup_context(config)
+    """Evaluates `ckpt_path` on every split; under msrun each rank evaluates its shard and rank 0 writes."""
+    ranks = RankGroup(*setup_context(config, allow_parallel=True))
     splits = parse_splits(config)
     for split in splits:
         check_token_ids(config, split)
-    datasets = {split: create_dataset(config, split, training=False, with_ids=True) for split in splits}
+    datasets = {split: create_dataset(config, split, training=False, rank_id=ranks.rank_id,
+                                      group_size=ranks.group_size, with_ids=True) for split in splits}
     net = CoupAlign.from_config(config)
     load_network_weights(net, config.ckpt_path)
     net.set_train(False)
+    if ranks.distributed:
+        print(f"rank {ranks.rank_id} of {ranks.group_size}: evaluating its shard of {', '.join(splits)}", flush=True)
     results = {}
-    per_sample = open(config.per_sample_json, "w", encoding="utf-8") if config.per_sample_json else None
-    try:
+    with per_sample_writer(config.per_sample_json if ranks.is_main else "") as per_sample:
         for split in splits:
             results[split] = evaluate_split(net, datasets[split], description=split, per_sample_file=per_sample,
-                                            split=split)
-            print(f"{split}: oIoU {results[split]['oIoU']:.4f} mIoU {results[split]['mIoU']:.4f} "
-                  f"({results[split]['num_samples']} samples)", flush=True)
-    finally:
-        if per_sample is not None:
-            per_sample.close()
+                                            split=split, ranks=ranks)
+            if ranks.is_main:
+                print(f"{split}: oIoU {results[split]['oIoU']:.4f} mIoU {results[split]['mIoU']:.4f} "
+                      f"({results[split]['num_samples']} samples)", flush=True)
+    if not ranks.is_main:
+        return results
     print(format_table(results))
     if config.result_json:
         write_json_atomic(config.result_json, results)
         print(f"results written to {config.result_json}")
     return results
-

@@ -14,6 +14,7 @@ from ..engine.train_step import TrainStep
 from ..evaluation import evaluate_split
 from ..models.coupalign import CoupAlign
 from ..models.losses import CoupAlignWithLoss
+from ..parallel import RankGroup, weights_digest
 
 
 def count_steps(config, rank_id, group_size):
@@ -26,13 +27,26 @@ def count_steps(config, rank_id, group_size):
     return steps_per_epoch
 
 
-def validation_data(config):
-    """The val split for validation during training, or None (with a warning) when it was not converted."""
+def validation_data(config, ranks):
+    """This rank's shard of the val split for validation during training, or None (with a warning) when
+    the split was not converted."""
     try:
-        return create_dataset(config, "val", training=False)
+        return create_dataset(config, "val", training=False, rank_id=ranks.rank_id, group_size=ranks.group_size,
+                              with_ids=True)
     except FileNotFoundError as err:
-        print(f"warning: no validation during training ({err}); best.ckpt will not be written", flush=True)
+        if ranks.is_main:
+            print(f"warning: no validation during training ({err}); best.ckpt will not be written", flush=True)
         return None
+
+
+def check_ranks_agree(net, ranks):
+    """Data parallel keeps every rank's weights identical; a difference means the job is broken."""
+    if not ranks.distributed:
+        return
+    if not ranks.same_on_all_ranks(weights_digest(net)):
+        raise RuntimeError(f"rank {ranks.rank_id}: the ranks hold different weights after training")
+    if ranks.is_main:
+        print(f"weights identical on all {ranks.group_size} ranks", flush=True)
 
 
 def build_network(config):
@@ -51,12 +65,15 @@ def train(config):
         raise ValueError("dataset_sink_mode needs device_target GPU or Ascend: MindSpore's data_sink does not run "
                          "on CPU")
     rank_id, group_size = setup_context(config, allow_parallel=True)
-    is_main = rank_id == 0
+    ranks = RankGroup(rank_id, group_size)
+    is_main = ranks.is_main
     os.makedirs(config.output_dir, exist_ok=True)
     log = JsonLog(os.path.join(config.output_dir, "train_log.jsonl"), rank_id, group_size)
 
     steps_per_epoch = count_steps(config, rank_id, group_size)
-    val_data = validation_data(config) if is_main and config.eval_interval > 0 else None
+    # Every rank validates its shard: ranks left waiting in the next all-reduce while one rank validates
+    # would hit the collective timeout (about 30 s on CPU).
+    val_data = validation_data(config, ranks) if config.eval_interval > 0 else None
 
     net = build_network(config)
     loss_net = CoupAlignWithLoss(net, config)
@@ -87,9 +104,10 @@ def train(config):
     def validate(epoch):
         if val_data is None or (epoch + 1) % config.eval_interval != 0:
             return None
-        return evaluate_split(net, val_data, description="val")
+        return evaluate_split(net, val_data, description="val", ranks=ranks)
 
     train_epochs(runner, make_data, range(start_epoch, end_epoch), validate, checkpoints)
+    check_ranks_agree(loss_net, ranks)
     if is_main:
         print(checkpoints.summary(), flush=True)
     return checkpoints.last_path
