@@ -82,7 +82,7 @@ def train(config):
     if group_size > 1:
         reducer = nn.DistributedGradReducer(optimizer.parameters, mean=True, degree=group_size)
     loss_scale = config.loss_scale if config.device_target != "CPU" else 1.0
-    train_step = TrainStep(loss_net, optimizer, config.grad_clip_norm, loss_scale, reducer)
+    train_step = TrainStep(loss_net, optimizer, config.grad_clip_norm, loss_scale, reducer, config.grad_accum_steps)
     train_step.set_train(True)
 
     runner = EpochRunner(train_step, learning_rates, log, steps_per_epoch, config.epochs,
@@ -95,8 +95,12 @@ def train(config):
         end_epoch = min(config.epochs, start_epoch + config.stop_after_epochs)
     runner.global_step = start_epoch * steps_per_epoch
     if is_main:
-        print(f"training: {steps_per_epoch} steps/epoch x {config.epochs} epochs, batch {config.batch_size} x "
-              f"{group_size} device(s), from epoch {start_epoch}", flush=True)
+        batch = f"batch {config.batch_size} x {group_size} device(s)"
+        if config.grad_accum_steps > 1:
+            batch += (f" x {config.grad_accum_steps} accumulation steps = "
+                      f"{config.batch_size * group_size * config.grad_accum_steps} per update")
+        print(f"training: {steps_per_epoch} steps/epoch x {config.epochs} epochs, {batch}, from epoch {start_epoch}",
+              flush=True)
 
     def make_data(epoch):
         return create_dataset(config, "train", training=True, rank_id=rank_id, group_size=group_size, epoch=epoch)

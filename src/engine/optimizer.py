@@ -42,36 +42,54 @@ def pretrained_names(network):
     return {param.name for encoder in network.pretrained_encoders() for param in encoder.get_parameters()}
 
 
+def check_grad_accum_steps(value):
+    """`value` as an int; anything but an integer >= 1 is a ValueError naming grad_accum_steps."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"grad_accum_steps must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
 class LearningRates:
     """Every group's learning rate for a step: base schedule x the group's multiplier.
 
+    `base_rates` has one rate per optimizer step; with `accum_steps` k each optimizer step takes k
+    micro steps, and the methods below take micro steps (the step counter of the training loop):
+    micro step s gets the rate of optimizer step s // k, the update it contributes to.
     TrainStep takes them as a graph input; a per-group schedule inside the graph would make MindSpore
     select the rate of every one of the ~800 parameters, which exceeds its call-depth limit at full size.
     """
 
-    def __init__(self, base_rates, multipliers):
+    def __init__(self, base_rates, multipliers, accum_steps=1):
         self.base_rates = base_rates
         self.multipliers = np.asarray(multipliers, np.float32)
+        self.accum_steps = check_grad_accum_steps(accum_steps)
 
     def rate(self, step):
-        """Base learning rate of a step (the last one after the schedule ends)."""
-        return float(self.base_rates[min(step, len(self.base_rates) - 1)])
+        """Base learning rate of a micro step (the last one after the schedule ends)."""
+        return float(self.base_rates[min(step // self.accum_steps, len(self.base_rates) - 1)])
 
     def for_step(self, step):
-        """-> (base rate, Tensor (groups,) float32 of the per-group rates)"""
+        """-> (base rate, Tensor (groups,) float32 of the per-group rates) of a micro step"""
         base = self.rate(step)
         return base, Tensor(np.float32(base) * self.multipliers)
 
     def table(self):
-        """(steps, groups) float32: every step's per-group rates, for a schedule inside the graph."""
-        return np.asarray(self.base_rates, np.float32)[:, None] * self.multipliers[None, :]
+        """(optimizer steps x accum_steps, groups) float32: every micro step's per-group rates, for a
+        schedule inside the graph."""
+        per_micro_step = np.repeat(np.asarray(self.base_rates, np.float32), self.accum_steps)
+        return per_micro_step[:, None] * self.multipliers[None, :]
 
 
 def build_optimizer(network, config, steps_per_epoch):
     """AdamWeightDecay over the trainable parameters of `network`, in (pretrained encoder or new) x
-    (decay or not) groups -> (optimizer, LearningRates)."""
-    total_steps = config.epochs * steps_per_epoch
-    warmup_steps = int(config.warmup_epochs * steps_per_epoch)
+    (decay or not) groups -> (optimizer, LearningRates).
+
+    The schedule counts optimizer steps: with grad_accum_steps k, an epoch of `steps_per_epoch` micro
+    steps makes steps_per_epoch / k of them.
+    """
+    accum_steps = check_grad_accum_steps(config.grad_accum_steps)
+    total_steps = max(config.epochs * steps_per_epoch // accum_steps, 1)
+    warmup_steps = int(config.warmup_epochs * steps_per_epoch) // accum_steps
     base = poly_lr(config.lr, total_steps, warmup_steps, config.lr_power)
     params = network.trainable_params()
     pretrained, no_decay = pretrained_names(network), no_weight_decay_names(network)
@@ -86,4 +104,4 @@ def build_optimizer(network, config, steps_per_epoch):
                                "lr": float(base[0] * multiplier)})
                 multipliers.append(multiplier)
     optimizer = nn.AdamWeightDecay(groups, learning_rate=float(base[0]), weight_decay=0.0)
-    return optimizer, LearningRates(base, multipliers)
+    return optimizer, LearningRates(base, multipliers, accum_steps)
