@@ -49,15 +49,21 @@ class RankGroup:
         longest = int(counts.max())
         padded = np.zeros((longest, rows.shape[1]), np.int64)
         padded[:len(rows)] = rows
-        gathered = self.all_gather(padded).reshape(self.group_size, longest, rows.shape[1])
-        interleaved = gathered.transpose(1, 0, 2).reshape(-1, rows.shape[1])
-        valid = (np.arange(longest)[:, None] < counts[None, :]).reshape(-1)
-        return interleaved[valid]
+        return interleave_shards(self.all_gather(padded).reshape(self.group_size, longest, rows.shape[1]), counts)
 
     def same_on_all_ranks(self, digest):
         """True when the int64 `digest` (e.g. `weights_digest`) is identical on every rank."""
         gathered = self.all_gather(np.array([[digest]], np.int64)).reshape(-1)
         return bool((gathered == gathered[0]).all())
+
+
+def interleave_shards(shards, counts):
+    """Padded shards (G, L, K), shard r holding stored rows r, r + G, ... in its first counts[r] slots
+    -> the rows (sum(counts), K) in stored order."""
+    longest, width = shards.shape[1], shards.shape[2]
+    interleaved = shards.transpose(1, 0, 2).reshape(-1, width)
+    valid = (np.arange(longest)[:, None] < np.asarray(counts)[None, :]).reshape(-1)
+    return interleaved[valid]
 
 
 def weights_digest(net):
