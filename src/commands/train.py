@@ -3,13 +3,13 @@ import os
 
 import mindspore.nn as nn
 
-from ..checkpoint import load_pretrained
+from ..checkpoint import CheckpointError, load_pretrained
 from ..context import setup_context
 from ..data.dataset import check_token_ids, create_dataset
 from ..engine.amp import apply_mixed_precision
-from ..engine.checkpoints import TrainingCheckpoints
+from ..engine.checkpoints import StepCheckpoints, TrainingCheckpoints
 from ..engine.loop import EpochRunner, JsonLog, train_epochs
-from ..engine.optimizer import build_optimizer
+from ..engine.optimizer import build_optimizer, check_grad_accum_steps
 from ..engine.train_step import TrainStep
 from ..evaluation import evaluate_split
 from ..models.coupalign import CoupAlign
@@ -59,11 +59,30 @@ def build_network(config):
     return apply_mixed_precision(net, config.amp_level)
 
 
-def train(config):
-    """Trains CoupAlign as the config says; leaves last.ckpt (and best.ckpt once validation ran)."""
+def check_training_options(config):
+    """Refuses option combinations that cannot work, before anything is built."""
+    check_grad_accum_steps(config.grad_accum_steps)
     if config.dataset_sink_mode and config.device_target == "CPU":
         raise ValueError("dataset_sink_mode needs device_target GPU or Ascend: MindSpore's data_sink does not run "
                          "on CPU")
+    if config.dataset_sink_mode and (config.save_every_steps > 0 or config.stop_after_steps > 0):
+        raise ValueError("save_every_steps and stop_after_steps need step-wise training: in dataset_sink_mode the "
+                         "whole epoch is one data_sink call")
+    if config.resume_ckpt and config.init_ckpt:
+        raise ValueError("give either --resume_ckpt (continue a run) or --init_ckpt (a new run from its weights), "
+                         "not both")
+
+
+def check_resume_position(position, steps_per_epoch, path):
+    """A mid-epoch position must fall inside this run's epochs (same data and batch size as when saved)."""
+    if position.step_in_epoch >= steps_per_epoch:
+        raise CheckpointError(f"{path} stopped after step {position.step_in_epoch} of an epoch, but an epoch has "
+                              f"{steps_per_epoch} steps here (another batch_size, group size or train split?)")
+
+
+def train(config):
+    """Trains CoupAlign as the config says; leaves last.ckpt (and best.ckpt once validation ran)."""
+    check_training_options(config)
     rank_id, group_size = setup_context(config, allow_parallel=True)
     ranks = RankGroup(rank_id, group_size)
     is_main = ranks.is_main
@@ -88,29 +107,32 @@ def train(config):
     runner = EpochRunner(train_step, learning_rates, log, steps_per_epoch, config.epochs,
                          config.batch_size * group_size, config.log_interval, config.dataset_sink_mode)
     checkpoints = TrainingCheckpoints(train_step, config.output_dir, rank_id, config.save_epochs,
-                                      config.keep_checkpoint_max)
-    start_epoch = checkpoints.resume(config.resume_ckpt) if config.resume_ckpt else 0
+                                      config.keep_checkpoint_max, config.save_all_ranks)
+    runner.after_step = StepCheckpoints(checkpoints, steps_per_epoch, config.save_every_steps, config.stop_after_steps)
+    start = checkpoints.start(config.resume_ckpt, config.init_ckpt)
+    check_resume_position(start, steps_per_epoch, config.resume_ckpt)
     end_epoch = config.epochs
     if config.stop_after_epochs > 0:
-        end_epoch = min(config.epochs, start_epoch + config.stop_after_epochs)
-    runner.global_step = start_epoch * steps_per_epoch
+        end_epoch = min(config.epochs, start.epoch + config.stop_after_epochs)
+    runner.global_step = start.global_step
     if is_main:
         batch = f"batch {config.batch_size} x {group_size} device(s)"
         if config.grad_accum_steps > 1:
             batch += (f" x {config.grad_accum_steps} accumulation steps = "
                       f"{config.batch_size * group_size * config.grad_accum_steps} per update")
-        print(f"training: {steps_per_epoch} steps/epoch x {config.epochs} epochs, {batch}, from epoch {start_epoch}",
-              flush=True)
+        print(f"training: {steps_per_epoch} steps/epoch x {config.epochs} epochs, {batch}, from epoch {start.epoch} "
+              f"step {start.step_in_epoch}", flush=True)
 
-    def make_data(epoch):
-        return create_dataset(config, "train", training=True, rank_id=rank_id, group_size=group_size, epoch=epoch)
+    def make_data(epoch, skip_batches):
+        return create_dataset(config, "train", training=True, rank_id=rank_id, group_size=group_size, epoch=epoch,
+                              skip_batches=skip_batches)
 
     def validate(epoch):
         if val_data is None or (epoch + 1) % config.eval_interval != 0:
             return None
         return evaluate_split(net, val_data, description="val", ranks=ranks)
 
-    train_epochs(runner, make_data, range(start_epoch, end_epoch), validate, checkpoints)
+    train_epochs(runner, make_data, range(start.epoch, end_epoch), validate, checkpoints, start.step_in_epoch)
     check_ranks_agree(loss_net, ranks)
     if is_main:
         print(checkpoints.summary(), flush=True)

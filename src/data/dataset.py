@@ -197,11 +197,12 @@ def _evaluation_source(config, first_file, rank_id, group_size):
                           num_parallel_workers=workers)
 
 
-def create_dataset(config, split, training, rank_id=0, group_size=1, with_ids=False, epoch=0):
+def create_dataset(config, split, training, rank_id=0, group_size=1, with_ids=False, epoch=0, skip_batches=0):
     """Batched pipeline of one split's MindRecord.
 
     training: one random sentence per ref per epoch, seeded shuffle, drop_remainder=True, batch_size;
-    the first epoch drawn is `epoch` (so a resumed run sees the data a straight run would).
+    the first epoch drawn is `epoch` and its first `skip_batches` batches are left out (so a run resumed
+    at an epoch, or in the middle of one, sees the data a straight run would).
     evaluation: every sentence in stored order, last batch may be smaller, eval_batch_size;
     with group_size > 1 rank r reads rows r, r + group_size, ... (every row exactly once overall).
     """
@@ -210,15 +211,19 @@ def create_dataset(config, split, training, rank_id=0, group_size=1, with_ids=Fa
     first_file = find_mindrecord(config.mindrecord_dir, config.dataset, config.split_by, split)
     image_size = int(config.image_size)
     workers = max(1, int(config.num_parallel_workers))
+    batch_size = int(config.batch_size if training else config.eval_batch_size)
     if training:
         data = _training_source(config, first_file, rank_id, group_size, epoch)
+        if skip_batches > 0:
+            # After the sentence draw (a ref's sentence depends on how often it was drawn before, and a rank's
+            # share may hold a ref twice), before decoding (skipped images are never decoded).
+            data = data.skip(skip_batches * batch_size)
     else:
         data = _evaluation_source(config, first_file, rank_id, group_size)
     data = data.map(operations=[vision.Decode()] + _image_ops(image_size), input_columns=["image"],
                     num_parallel_workers=workers)
     data = data.map(operations=_MaskOp(image_size), input_columns=["mask"], num_parallel_workers=workers)
     data = data.project(DATA_COLUMNS + (ID_COLUMNS if with_ids else []))
-    batch_size = int(config.batch_size if training else config.eval_batch_size)
     return data.batch(batch_size, drop_remainder=bool(training))
 
 

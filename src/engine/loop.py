@@ -46,6 +46,8 @@ class EpochRunner:
     (GPU/Ascend), as one data_sink call whose steps read their learning rates from a table in the graph.
 
     `global_step` counts the steps run so far (set it before the first epoch when resuming).
+    `after_step(epoch, step_in_epoch, global_step)`, when set, runs after every step-wise step and returns
+    True to stop the run there (`stop_requested`).
     """
 
     def __init__(self, train_step, learning_rates, log, steps_per_epoch, epochs, samples_per_step,
@@ -58,16 +60,23 @@ class EpochRunner:
         self.samples_per_step = samples_per_step
         self.log_interval = log_interval
         self.scheduled = ScheduledTrainStep(train_step, learning_rates.table()) if sink_mode else None
+        self.after_step = None
         self.global_step = 0
+        self.stop_requested = False
 
-    def run(self, data, epoch):
-        """Trains on `data` for the 0-based `epoch` -> mean [total, bce, dice, aux] losses of the epoch."""
-        totals = self._sunk_epoch(data, epoch) if self.scheduled is not None else self._stepwise_epoch(data, epoch)
-        return [value / self.steps_per_epoch for value in totals]
+    def run(self, data, epoch, first_step=0):
+        """Trains on `data`, the 0-based `epoch` from its step `first_step` on -> (mean [total, bce, dice, aux]
+        losses of the steps run, whether the epoch ran to its end)."""
+        if self.scheduled is not None:
+            totals, steps = self._sunk_epoch(data, epoch, self.steps_per_epoch - first_step)
+        else:
+            totals, steps = self._stepwise_epoch(data, epoch, first_step)
+        # A resumed partial epoch averages the steps of this run only.
+        return [value / steps for value in totals], first_step + steps == self.steps_per_epoch
 
-    def _stepwise_epoch(self, data, epoch):
-        totals = [0.0, 0.0, 0.0, 0.0]
-        for index, batch in enumerate(data.create_tuple_iterator(num_epochs=1)):
+    def _stepwise_epoch(self, data, epoch, first_step):
+        totals, steps = [0.0, 0.0, 0.0, 0.0], 0
+        for index, batch in enumerate(data.create_tuple_iterator(num_epochs=1), start=first_step):
             step_start = time.time()
             lr, group_rates = self.learning_rates.for_step(self.global_step)
             outputs = self.train_step(group_rates, *batch)
@@ -81,10 +90,13 @@ class EpochRunner:
                 self.log.write(record, f"epoch {epoch + 1}/{self.epochs} step {index + 1}/{self.steps_per_epoch} "
                                        f"{losses_text(parts)} lr {lr:.3e} {step_time:.2f}s/step "
                                        f"{record['samples_per_s']:.1f} samples/s")
-        return totals
+            steps += 1
+            if self.after_step is not None and self.after_step(epoch, index + 1, self.global_step):
+                self.stop_requested = True
+                break
+        return totals, steps
 
-    def _sunk_epoch(self, data, epoch):
-        steps = self.steps_per_epoch
+    def _sunk_epoch(self, data, epoch, steps):
         self.scheduled.step.set_data(ms.Tensor(self.global_step, ms.int32))
         start = time.time()
         outputs = ms.data_sink(self.scheduled, data, sink_size=steps)()
@@ -97,18 +109,23 @@ class EpochRunner:
         self.log.write(record, f"epoch {epoch + 1}/{self.epochs}: {steps} steps on the device, last step "
                                f"{losses_text(parts)} {step_time:.2f}s/step")
         # Sink mode returns the last step's losses only; they stand in for the epoch mean.
-        return [value * steps for value in parts]
+        return [value * steps for value in parts], steps
 
 
-def train_epochs(runner, make_data, epochs, validate, checkpoints):
+def train_epochs(runner, make_data, epochs, validate, checkpoints, first_step=0):
     """Runs `runner` over the 0-based `epochs`; after each: validation (`validate(epoch)` -> metrics or None),
-    then the checkpoints, then the epoch's record in the runner's log.
+    then the checkpoints, then the epoch's record in the runner's log. Ends early when the runner's
+    `after_step` asks to stop.
 
-    `make_data(epoch)` gives the epoch's (reshuffled) training data.
+    `make_data(epoch, skip_batches)` gives the epoch's (reshuffled) training data from batch `skip_batches` on;
+    `first_step` is the number of steps of the first epoch trained before (a resume from the middle of it).
     """
     for epoch in epochs:
         epoch_start = time.time()
-        means = runner.run(make_data(epoch), epoch)
+        means, finished = runner.run(make_data(epoch, first_step), epoch, first_step)
+        if not finished:
+            return
+        first_step = 0
         record = {"epoch": epoch + 1, "mean_loss": means[0], "epoch_time": time.time() - epoch_start}
         message = f"epoch {epoch + 1}/{runner.epochs} done: mean loss {means[0]:.4f} in {record['epoch_time']:.1f}s"
         new_best = False
@@ -121,3 +138,5 @@ def train_epochs(runner, make_data, epochs, validate, checkpoints):
                 message += " (best)"
         checkpoints.save(epoch + 1, runner.global_step, new_best)
         runner.log.write(record, message)
+        if runner.stop_requested:
+            return

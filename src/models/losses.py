@@ -63,6 +63,8 @@ class CoupAlignWithLoss(nn.Cell):
         self.aux_weight = config.loss_aux
         self.temperature = config.aux_temperature
         self.aux_proj = nn.Dense(config.decoder_dim, config.decoder_dim)
+        # auto_prefix=False would leave it the bare names weight / bias in checkpoints.
+        self.aux_proj.update_parameters_name("aux_proj.")
 
     def pretrained_encoders(self):
         """The network's pretrained encoder Cells; `aux_proj` is new, like the decoder."""

@@ -3,6 +3,7 @@ rank against one process's eval.py, sharded evaluation, and a failing rank that 
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -10,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.commands.test_train import ENV, free_port, make_referring_set, read_params, run
+from tests.commands.test_train import ENV, make_referring_set, read_params, run
 from tests.conftest import ROOT, TINY_CONFIG
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -28,6 +29,12 @@ def cluster_set(tmp_path_factory):
     _, flags = make_referring_set(root, images=40, seed=1)
     flags += ["--swin_drop_path_rate", "0", "--bert_dropout", "0", "--batch_size", "4", "--eval_batch_size", "4"]
     return root, flags
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def launcher_env(log_dir, port, node_num=1, node_rank=0, remote=False):
@@ -65,7 +72,7 @@ def two_machine_run(cluster_set):
     root, flags = cluster_set
     output = root / "two_machines"
     launchers, logs = start_two_machines("run_distribute_train.sh", [
-        *flags[2:], "--epochs", "1", "--eval_interval", "1", "--output_dir", str(output)],
+        *flags[2:], "--epochs", "1", "--eval_interval", "1", "--save_all_ranks", "true", "--output_dir", str(output)],
         root, "train")
     results = [finish(launcher) for launcher in launchers]
     for code, text, _ in results:
@@ -170,7 +177,7 @@ def test_raising_rank_ends_the_job_and_is_named(cluster_set):
     output.mkdir()
     (output / "rank_1").write_text("a file where rank 1's checkpoint folder should be")
     launcher = start_launcher("run_distribute_train.sh", 2, [
-        *flags[2:], "--epochs", "3", "--eval_interval", "0", "--output_dir", str(output)],
+        *flags[2:], "--epochs", "3", "--eval_interval", "0", "--save_all_ranks", "true", "--output_dir", str(output)],
         launcher_env(root / "raising_logs", free_port()))
     code, text, seconds = finish(launcher)
     print(f"\nlauncher exit {code} after {seconds:.0f} s")

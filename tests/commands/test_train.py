@@ -1,7 +1,6 @@
-"""The whole loop on the synthetic referring set: convert, train, evaluate, export, predict; resume; msrun."""
+"""The whole loop on the synthetic referring set: convert, train, evaluate, export, predict; resume (msrun jobs: test_distributed.py)."""
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -167,48 +166,51 @@ def read_params(path):
     return {name: param.asnumpy() for name, param in ms.load_checkpoint(str(path)).items()}
 
 
-def test_resume_continues_exactly_where_training_stopped(small_set):
+@pytest.fixture(scope="module")
+def straight_run(small_set):
+    """A 2-epoch run on the small set, uninterrupted -> its output folder."""
     root, flags = small_set
-    straight, split = root / "straight", root / "split"
-    run([sys.executable, "train.py", *flags, "--epochs", "2", "--output_dir", str(straight)])
+    run([sys.executable, "train.py", *flags, "--epochs", "2", "--output_dir", str(root / "straight")])
+    return root / "straight"
+
+
+def assert_same_weights(expected_path, actual_path):
+    expected, actual = read_params(expected_path), read_params(actual_path)
+    assert set(expected) == set(actual)
+    for name, value in expected.items():
+        np.testing.assert_allclose(actual[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_resume_continues_exactly_where_training_stopped(small_set, straight_run):
+    root, flags = small_set
+    straight, split = straight_run, root / "split"
     run([sys.executable, "train.py", *flags, "--epochs", "2", "--output_dir", str(split), "--stop_after_epochs", "1"])
     first_half = read_params(split / "last.ckpt")
     assert int(first_half["epoch"]) == 1
     run([sys.executable, "train.py", *flags, "--epochs", "2", "--output_dir", str(split),
          "--resume_ckpt", str(split / "last.ckpt")])
-    expected, actual = read_params(straight / "last.ckpt"), read_params(split / "last.ckpt")
-    assert set(expected) == set(actual)
-    for name, value in expected.items():
-        np.testing.assert_allclose(actual[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+    assert_same_weights(straight / "last.ckpt", split / "last.ckpt")
     logs = [[json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
             for folder in (straight, split)]
     last_lrs = [[r["lr"] for r in log if "lr" in r][-1] for log in logs]
     assert last_lrs[0] == pytest.approx(last_lrs[1])
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def test_msrun_data_parallel_keeps_ranks_identical(small_set):
+def test_resume_from_the_middle_of_an_epoch_matches_a_straight_run(small_set, straight_run):
     root, flags = small_set
-    output, logs = root / "parallel", root / "parallel_logs"
-    bin_dir = os.path.dirname(sys.executable)
-    # msrun starts each worker with the `python` found on PATH: make it this interpreter.
-    env = dict(ENV, LOG_DIR=str(logs), MASTER_PORT=str(free_port()), MSRUN=os.path.join(bin_dir, "msrun"),
-               PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""))
-    result = subprocess.run(["bash", "scripts/run_distribute_train.sh", "CPU", "2", TINY_CONFIG, *flags[2:],
-                             "--epochs", "1", "--output_dir", str(output)],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    worker_logs = sorted(logs.glob("worker_*.log"))
-    assert len(worker_logs) == 2
-    for log in worker_logs:
-        assert "done: mean loss" in log.read_text() or "step 1/" in log.read_text(), log.read_text()[-2000:]
-    rank0, rank1 = read_params(output / "last.ckpt"), read_params(output / "rank_1" / "last.ckpt")
-    weights = [name for name in rank0 if not name.startswith(("adam_", "global_step", "epoch", "step"))]
-    assert weights
-    for name in weights:
-        np.testing.assert_array_equal(rank0[name], rank1[name], err_msg=name)
+    split = root / "mid_epoch"
+    records = [json.loads(line) for line in (straight_run / "train_log.jsonl").read_text().splitlines()]
+    steps_per_epoch = max(r["step"] for r in records if "loss" in r and r["epoch"] == 1)
+    common = [sys.executable, "train.py", *flags, "--epochs", "2", "--output_dir", str(split)]
+    # Stopped in the second epoch: resumed runs on CPU are not bit-identical to straight ones, and the
+    # difference grows with the steps after the resume.
+    stopped = run(common + ["--save_every_steps", "2", "--stop_after_steps", str(steps_per_epoch + 5)])
+    assert "epoch 1/2 done" in stopped.stdout and "epoch 2/2 done" not in stopped.stdout
+    position = read_params(split / "last.ckpt")
+    assert ([int(position[key]) for key in ("training_state", "epoch", "step_in_epoch", "step")]
+            == [1, 1, 5, steps_per_epoch + 5])
+    run(common + ["--resume_ckpt", str(split / "last.ckpt")])
+    assert_same_weights(straight_run / "last.ckpt", split / "last.ckpt")
+    refused = run(common + ["--resume_ckpt", str(split / "coupalign_epoch002.ckpt")], check=False)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "weights only" in refused.stderr and f"resume from {split / 'last.ckpt'}" in refused.stderr

@@ -120,6 +120,20 @@ def test_training_is_seeded_and_resumable_by_epoch(mindrecord_dir):
     assert other_seed[0] != straight[0]
 
 
+@pytest.mark.parametrize("rank_id, group_size", [(0, 1), (2, 3)])
+def test_training_skips_the_batches_a_mid_epoch_resume_trained_before(mindrecord_dir, rank_id, group_size):
+    config = make_config(mindrecord_dir, batch_size=2)
+
+    def epoch_batches(**kwargs):
+        data = create_dataset(config, "train", training=True, rank_id=rank_id, group_size=group_size,
+                              with_ids=True, epoch=1, **kwargs)
+        return [{key: batch[key].tolist() for key in ("sent_id", "input_ids", "mask")} for batch in batches(data)[0]]
+
+    straight = epoch_batches()
+    assert len(straight) > 3
+    assert epoch_batches(skip_batches=3) == straight[3:]
+
+
 def test_training_drops_the_remainder(mindrecord_dir, refer):
     config = make_config(mindrecord_dir, batch_size=8)
     num_refs = len(refer.refs_of_split("train"))
