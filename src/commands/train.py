@@ -73,11 +73,21 @@ def check_training_options(config):
                          "not both")
 
 
-def check_resume_position(position, steps_per_epoch, path):
-    """A mid-epoch position must fall inside this run's epochs (same data and batch size as when saved)."""
+def resume_global_step(position, steps_per_epoch, path):
+    """The global step a run continues from: the saved epoch and step within it, counted in this run's steps
+    per epoch (a run resumed on another number of devices then continues the schedule at the right epoch)."""
     if position.step_in_epoch >= steps_per_epoch:
         raise CheckpointError(f"{path} stopped after step {position.step_in_epoch} of an epoch, but an epoch has "
                               f"{steps_per_epoch} steps here (another batch_size, group size or train split?)")
+    global_step = position.epoch * steps_per_epoch + position.step_in_epoch
+    if global_step != position.global_step:
+        if position.step_in_epoch:
+            raise CheckpointError(f"{path} was saved in the middle of an epoch by a run with another number of steps "
+                                  "per epoch (batch_size, devices or train split changed): resume it with its own "
+                                  "settings, or from a last.ckpt written at the end of an epoch")
+        print(f"note: {path} was written by a run with another number of steps per epoch; the learning-rate "
+              f"schedule continues at epoch {position.epoch} of this run (step {global_step})", flush=True)
+    return global_step
 
 
 def train(config):
@@ -110,11 +120,10 @@ def train(config):
                                       config.keep_checkpoint_max, config.save_all_ranks)
     runner.after_step = StepCheckpoints(checkpoints, steps_per_epoch, config.save_every_steps, config.stop_after_steps)
     start = checkpoints.start(config.resume_ckpt, config.init_ckpt)
-    check_resume_position(start, steps_per_epoch, config.resume_ckpt)
     end_epoch = config.epochs
     if config.stop_after_epochs > 0:
         end_epoch = min(config.epochs, start.epoch + config.stop_after_epochs)
-    runner.global_step = start.global_step
+    runner.global_step = resume_global_step(start, steps_per_epoch, config.resume_ckpt)
     if is_main:
         batch = f"batch {config.batch_size} x {group_size} device(s)"
         if config.grad_accum_steps > 1:

@@ -102,7 +102,9 @@ def test_validation_on_every_rank_equals_one_process_eval(two_machine_run, clust
     result_json = output / "eval_one_process.json"
     run([sys.executable, "eval.py", *flags, "--ckpt_path", str(output / "best.ckpt"), "--eval_splits", "val",
          "--result_json", str(result_json)])
-    assert json.loads(result_json.read_text())["val"] == validated[0]
+    one_process = json.loads(result_json.read_text())["val"]
+    print(f"\nvalidation in the two-machine run: {validated[0]}\neval.py, one process:             {one_process}")
+    assert one_process == validated[0]
 
 
 def test_distributed_eval_writes_what_one_process_writes(two_machine_run, cluster_set, tmp_path):

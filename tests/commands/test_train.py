@@ -1,4 +1,4 @@
-"""The whole loop on the synthetic referring set: convert, train, evaluate, export, predict; resume (msrun jobs: test_distributed.py)."""
+"""The whole loop on the synthetic referring set: convert, train, evaluate, export, predict; resume."""
 import json
 import os
 import subprocess
