@@ -153,13 +153,15 @@ def test_dataset_sink_mode_on_cpu_is_refused_with_its_reason(tmp_path):
     assert "dataset_sink_mode needs device_target GPU or Ascend" in result.stderr and "Traceback" not in result.stderr
 
 
+# No randomness inside the network, so two runs see identical computations.
+DETERMINISTIC_FLAGS = ["--swin_drop_path_rate", "0", "--bert_dropout", "0", "--batch_size", "4"]
+
+
 @pytest.fixture(scope="module")
 def small_set(tmp_path_factory):
     root = tmp_path_factory.mktemp("small")
     _, flags = make_referring_set(root, images=40, seed=1)
-    # No randomness inside the network, so two runs see identical computations.
-    flags += ["--swin_drop_path_rate", "0", "--bert_dropout", "0", "--eval_interval", "0", "--batch_size", "4"]
-    return root, flags
+    return root, flags + DETERMINISTIC_FLAGS + ["--eval_interval", "0"]
 
 
 def read_params(path):
