@@ -9,6 +9,10 @@ import collections
 import glob
 import os
 
+import numpy as np
+
+import mindspore as ms
+
 from ..checkpoint import CheckpointError, load_network_weights, read_checkpoint, save_checkpoint
 
 TRAINING_STATE = "training_state"
@@ -18,8 +22,25 @@ Position = collections.namedtuple("Position", ["epoch", "step_in_epoch", "global
 
 
 def holds_training_state(param_dict):
-    """True for a last.ckpt (weights, optimiser state and position), False for a weights-only checkpoint."""
-    return TRAINING_STATE in param_dict
+    """True for a last.ckpt (weights, optimiser state and position), False for a weights-only checkpoint.
+
+    Checkpoints written before the `training_state` marker all carried the AdamW moments and their epoch
+    (0-based next epoch) and global step mean what they mean now, so they count as training state.
+    """
+    return TRAINING_STATE in param_dict or any(name.startswith("adam_m.") for name in param_dict)
+
+
+def add_missing_accumulation_state(train_step, param_dict, path):
+    """Empty gradient-accumulation buffers for a run resumed with grad_accum_steps > 1 from a checkpoint
+    written without accumulation (another device count keeping the global batch, say)."""
+    buffers = list(getattr(train_step, "accum_grads", ())) + ([train_step.accum_count]
+                                                             if hasattr(train_step, "accum_count") else [])
+    missing = [param for param in buffers if param.name not in param_dict]
+    for param in missing:
+        param_dict[param.name] = ms.Parameter(ms.Tensor(np.zeros(param.shape, ms.dtype_to_nptype(param.dtype))),
+                                              name=param.name)
+    if missing:
+        print(f"{path} holds no gradient-accumulation state: the accumulation starts empty", flush=True)
 
 
 def _entry(param_dict, name, default):
@@ -40,6 +61,7 @@ def restore_training_state(train_step, path):
     param_dict = read_checkpoint(path)
     if not holds_training_state(param_dict):
         raise weights_only_error(path)
+    add_missing_accumulation_state(train_step, param_dict, path)
     load_network_weights(train_step, path, param_dict)
     position = Position(int(_entry(param_dict, "epoch", 0)), int(_entry(param_dict, "step_in_epoch", 0)),
                         int(_entry(param_dict, "step", 0)))

@@ -114,6 +114,31 @@ def test_resume_continues_at_the_saved_position(trained_output, tmp_path):
     np.testing.assert_array_equal(resumed.optimizer.moments1[0].asnumpy(), step.optimizer.moments1[0].asnumpy())
 
 
+def test_resume_with_accumulation_from_a_run_without_starts_with_empty_buffers(trained_output, tmp_path, capsys):
+    step, output = trained_output
+    loss_net = ToyLoss()
+    accumulating = TrainStep(loss_net, nn.AdamWeightDecay(loss_net.trainable_params(), learning_rate=0.1),
+                             clip_norm=0.0, accum_steps=2)
+    accumulating.set_train(True)
+    checkpoints = TrainingCheckpoints(accumulating, str(tmp_path))
+    assert checkpoints.start(resume_ckpt=str(output / "last.ckpt")) == Position(1, 0, STEPS_PER_EPOCH)
+    assert "accumulation starts empty" in capsys.readouterr().out
+    np.testing.assert_array_equal(loss_net.dense.weight.asnumpy(), step.network.dense.weight.asnumpy())
+    assert not any(buffer.asnumpy().any() for buffer in accumulating.accum_grads)
+    assert int(accumulating.accum_count.asnumpy()) == 0
+
+
+def test_checkpoint_from_before_the_marker_still_resumes(trained_output, tmp_path):
+    """Files of the earlier layout: AdamW moments and the epoch, no training_state entry."""
+    step, output = trained_output
+    old_style = tmp_path / "old_last.ckpt"
+    entries = [{"name": name, "data": value} for name, value in saved(output / "last.ckpt").items()
+               if name not in ("training_state", "step_in_epoch")]
+    ms.save_checkpoint(entries, str(old_style))
+    checkpoints = TrainingCheckpoints(toy_train_step(), str(tmp_path))
+    assert checkpoints.start(resume_ckpt=str(old_style)) == Position(1, 0, STEPS_PER_EPOCH)
+
+
 @pytest.mark.parametrize("name", ["best.ckpt", "last.ckpt"])
 def test_init_ckpt_loads_the_weights_and_starts_a_fresh_run(trained_output, tmp_path, name):
     step, output = trained_output
