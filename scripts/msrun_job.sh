@@ -8,7 +8,7 @@
 #   NODE_RANK    this machine, 0 .. NODE_NUM-1 (default 0); machine 0 runs msrun's scheduler
 #   MASTER_ADDR  address of machine 0, as the other machines reach it (default 127.0.0.1)
 #   MASTER_PORT  scheduler port on machine 0 (default 8118)
-#   LOG_DIR      this machine's per-rank logs worker_<rank>.log (default ./logs_distribute)
+#   LOG_DIR      this machine's per-rank logs worker_<rank>.log and msrun.log (default ./logs_distribute)
 #   CLUSTER_TIME_OUT  seconds msrun waits for every machine to join (default 600)
 #   RANK_TABLE_FILE   Ascend only, optional: passed to msrun as --rank_table_file
 #   MSRUN        the msrun command (default msrun)
@@ -43,6 +43,20 @@ report_failed_ranks() {
         echo "rank ${rank%.log} failed ($log): $line" >&2
         found=0
     done
+    # Ranks that died without a word (killed, or a native crash): msrun names their pid and exit code,
+    # and each rank's log names its pid (src/context.py).
+    local pid code
+    while read -r pid code; do
+        log=$(grep -l -E "^rank [0-9]+ of [0-9]+: pid $pid\$" "$LOG_DIR"/worker_*.log 2>/dev/null | head -n 1 || true)
+        rank="a rank"
+        if [ -n "$log" ]; then
+            rank=${log##*worker_}
+            rank="rank ${rank%.log}"
+        fi
+        echo "$rank (pid $pid) exited with code $code${log:+ ($log)}" >&2
+        found=0
+    done < <(sed -n -E 's/.*Worker process ([0-9]+) exit with exception\. Error code: (-?[0-9]+).*/\1 \2/p' \
+             "$LOG_DIR/msrun.log" 2>/dev/null)
     if [ -f "$LOG_DIR/scheduler.log" ]; then
         line=$(grep -o "Timed out node list is: [^}]*}" "$LOG_DIR/scheduler.log" | tail -n 1 || true)
         if [ -n "$line" ]; then
@@ -88,8 +102,8 @@ run_msrun_job() {
     "${MSRUN:-msrun}" --worker_num $((node_num * device_num)) --local_worker_num "$device_num" \
         --node_rank "$node_rank" --master_addr "$master_addr" --master_port "$master_port" \
         --cluster_time_out "${CLUSTER_TIME_OUT:-600}" --log_dir "$LOG_DIR" --join True "${extra[@]}" \
-        "$script" --config_path "$config_path" --device_target "$device_target" "$@"
-    local status=$?
+        "$script" --config_path "$config_path" --device_target "$device_target" "$@" 2>&1 | tee "$LOG_DIR/msrun.log"
+    local status=${PIPESTATUS[0]}
     set -e
     if report_failed_ranks && [ "$status" -eq 0 ]; then
         status=1

@@ -24,6 +24,8 @@ def setup_context(config, allow_parallel=False):
     from mindspore.communication import get_group_size, get_rank, init
     init()
     rank_id, group_size = get_rank(), get_group_size()
+    # The launcher names a rank that dies without a message by this pid (scripts/msrun_job.sh).
+    print(f"rank {rank_id} of {group_size}: pid {os.getpid()}", flush=True)
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
                                  device_num=group_size)
     return rank_id, group_size

@@ -173,6 +173,7 @@ def test_killed_worker_ends_every_machines_launcher(cluster_set):
         print(f"\nlauncher exit {code} {seconds:.0f} s after the kill")
         assert code != 0, text
     assert "scheduler: rank(s) 1 stopped responding" in results[0][1], results[0][1]
+    assert f"rank 1 (pid {pid}) exited with code -9" in results[1][1], results[1][1]
 
 
 def test_raising_rank_ends_the_job_and_is_named(cluster_set):
