@@ -1,14 +1,17 @@
 """Synthetic referring-segmentation data in the exact REFER layout (the built-in quick-start data).
 
-python -m src.data.synthetic --out DIR [--images N] [--seed S] [--image_size PX]
+python -m src.data.synthetic --out DIR [--images N] [--seed S] [--image_size PX|WxH] [--texture] [--workers N]
 
 DIR/refcoco/instances.json, DIR/refcoco/refs(unc).p, DIR/images/COCO_train2014_<id>.jpg and
 DIR/vocab.txt. Each image holds 2-4 coloured shapes; refs are made only for objects that share
 their shape with another object of the image, and every sentence names the target uniquely by
-colour and/or position, so the union of same-shape objects is a weak baseline.
+colour and/or position, so the union of same-shape objects is a weak baseline. --texture fills
+background and objects with seeded band-limited noise so that JPEGs weigh about as much as COCO's;
+--workers renders and encodes the images in that many processes (the output does not depend on it).
 """
 import argparse
 import json
+import multiprocessing
 import os
 import pickle
 
@@ -22,7 +25,9 @@ SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 WORDS = ("the", "on", "at", "left", "right", "top", "bottom", "leftmost", "rightmost") + tuple(COLOURS) + SHAPES + (
     ".", ",")
 SPLIT_SHARES = (("train", 0.7), ("val", 0.1), ("testA", 0.1), ("testB", 0.1))
-MARGIN = 0.1  # position words need the target this far (share of the image) beyond the others
+MARGIN = 0.1  # position words need the target this far (share of the image extent on that axis) beyond the others
+JPEG_QUALITY = 95
+IMAGES_PER_TASK = 8  # images per worker task; a batch of tasks is rendered at a time so memory stays flat
 
 
 def image_file_name(image_id):
@@ -44,13 +49,22 @@ def shape_polygon(shape, cx, cy, radius):
     return [round(float(value), 2) for value in points.reshape(-1)]
 
 
-def place_objects(rng, count, size):
+def parse_image_size(text):
+    """(width, height) from a square side '640' or 'WIDTHxHEIGHT' such as '640x480'."""
+    parts = str(text).lower().split("x")
+    if len(parts) not in (1, 2) or not all(part.isdigit() and int(part) > 0 for part in parts):
+        raise ValueError(f"image size must be a side such as 640 or WIDTHxHEIGHT such as 640x480, got {text!r}")
+    return int(parts[0]), int(parts[-1])
+
+
+def place_objects(rng, count, width, height):
     """(cx, cy, radius) for count non-overlapping objects, or None when they do not fit."""
     placed = []
     for _ in range(count):
         for _attempt in range(100):
-            radius = rng.uniform(0.13, 0.2) * size
-            cx, cy = rng.uniform(radius + 1, size - radius - 1, 2)
+            radius = rng.uniform(0.13, 0.2) * min(width, height)
+            # one draw for both coordinates, as the square generator always did (same stream for square sizes)
+            cx, cy = rng.uniform(radius + 1, np.array([width, height]) - radius - 1)
             if all(np.hypot(cx - x, cy - y) > radius + r + 2 for x, y, r in placed):
                 placed.append((cx, cy, radius))
                 break
@@ -70,15 +84,15 @@ def choose_attributes(rng, count):
     return shapes, colours
 
 
-def _extreme(target, others, axis, sign, size):
-    """True when target lies beyond every other object along axis by the margin."""
+def _extreme(target, others, axis, sign, extents):
+    """True when target lies beyond every other object along axis by the margin of that axis' extent."""
     if not others:
         return False
     gap = min(sign * (target[axis] - other[axis]) for other in others)
-    return gap > MARGIN * size
+    return gap > MARGIN * extents[axis]
 
 
-def describe(target, objects, size):
+def describe(target, objects, extents):
     """Sentences that single out target among objects of its shape ([] when none does)."""
     shape, colour = target["shape"], target["colour"]
     others = [obj for obj in objects if obj is not target and obj["shape"] == shape]
@@ -90,12 +104,12 @@ def describe(target, objects, size):
     if not same_colour:
         sentences += [f"the {colour} {shape}", f"{colour} {shape}"]
     for side, (axis, sign) in sides.items():
-        if _extreme(target, others, axis, sign, size):
+        if _extreme(target, others, axis, sign, extents):
             if side in ("left", "right"):
                 sentences += [f"the {side} {shape}", f"{shape} on the {side}", f"the {side}most {shape}"]
             else:
                 sentences += [f"the {shape} at the {side}", f"{side} {shape}"]
-        if same_colour and _extreme(target, same_colour, axis, sign, size):
+        if same_colour and _extreme(target, same_colour, axis, sign, extents):
             if side in ("left", "right"):
                 sentences += [f"{side} {colour} {shape}", f"the {colour} {shape} on the {side}"]
             else:
@@ -114,11 +128,12 @@ def style(rng, sentence):
     return sentence
 
 
-def make_image(rng, size):
+def make_image(rng, width, height):
     """Objects (dicts with shape, colour, cx, cy, polygon) of one image that yields at least one ref."""
+    extents = {"cx": width, "cy": height}
     while True:
         count = int(rng.integers(2, 5))
-        placed = place_objects(rng, count, size)
+        placed = place_objects(rng, count, width, height)
         if placed is None:
             continue
         shapes, colours = choose_attributes(rng, count)
@@ -126,14 +141,14 @@ def make_image(rng, size):
                     "polygon": shape_polygon(shape, cx, cy, radius)}
                    for shape, colour, (cx, cy, radius) in zip(shapes, colours, placed)]
         for obj in objects:
-            obj["sentences"] = describe(obj, objects, size)
+            obj["sentences"] = describe(obj, objects, extents)
         if any(obj["sentences"] for obj in objects):
             return objects
 
 
-def render(rng, objects, size):
+def render(rng, objects, width, height):
     """RGB uint8 image: noisy dark background, each object filled through its annotation mask."""
-    image = rng.normal(60, 8, (size, size, 3))
+    image = rng.normal(60, 8, (height, width, 3))
     for obj in objects:
         region = obj["mask"] > 0
         colour = np.array(COLOURS[obj["colour"]], np.float64)
@@ -141,9 +156,96 @@ def render(rng, objects, size):
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def polygon_mask(polygon, size):
-    rles = mask_utils.frPyObjects([polygon], size, size)
+def band_limited_noise(rng, height, width, cell, channels=3):
+    """Zero-mean unit-ish noise with features about `cell` pixels wide (low-resolution noise upsampled)."""
+    low = rng.standard_normal((max(2, height // cell), max(2, width // cell), channels), dtype=np.float32)
+    return cv2.resize(low, (width, height), interpolation=cv2.INTER_CUBIC).reshape(height, width, channels)
+
+
+def texture_field(rng, height, width, coarse, medium, grain):
+    """Sum of coarse and medium band-limited noise and per-pixel grain, amplitudes in grey levels."""
+    field = coarse * band_limited_noise(rng, height, width, 48)
+    field += medium * band_limited_noise(rng, height, width, 6)
+    field += grain * rng.standard_normal((height, width, 3), dtype=np.float32)
+    return field
+
+
+def bounding_slices(region):
+    """(rows, columns) slices of the smallest box holding a non-empty boolean region."""
+    rows, columns = np.flatnonzero(region.any(1)), np.flatnonzero(region.any(0))
+    return slice(rows[0], rows[-1] + 1), slice(columns[0], columns[-1] + 1)
+
+
+def render_textured(seed, image_id, objects, width, height):
+    """RGB uint8 image with textured background and objects, from its own RNG seeded by (seed, image_id)."""
+    rng = np.random.default_rng([seed, image_id])
+    background = rng.uniform(55, 95) + rng.normal(0, 6, 3).astype(np.float32)  # a dim, nearly grey tone
+    image = background + texture_field(rng, height, width, coarse=14, medium=7, grain=9)
+    for obj in objects:
+        region = polygon_mask(obj["polygon"], width, height)
+        box = bounding_slices(region)
+        # a per-object shade of the named colour, small enough that the colour name stays right
+        colour = np.array(COLOURS[obj["colour"]], np.float32) + rng.normal(0, 10, 3).astype(np.float32)
+        box_height, box_width = region[box].shape
+        field = texture_field(rng, box_height, box_width, coarse=6, medium=5, grain=6)
+        image[box][region[box]] = colour + field[region[box]]
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def polygon_mask(polygon, width, height):
+    rles = mask_utils.frPyObjects([polygon], height, width)
     return mask_utils.decode(rles).sum(axis=2) > 0
+
+
+def write_jpeg(path, rgb):
+    cv2.imwrite(path, rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+
+
+def write_image(job):
+    """Render (textured) or take the pixels of one image job and write its JPEG."""
+    if "pixels" in job:
+        rgb = job["pixels"]
+    else:
+        rgb = render_textured(job["seed"], job["image_id"], job["objects"], job["width"], job["height"])
+    write_jpeg(job["path"], rgb)
+
+
+def _init_worker():
+    cv2.setNumThreads(1)  # the pool already keeps every core busy
+
+
+class ImageWriter:
+    """Writes image jobs in this process (workers=1) or in batches across a process pool."""
+
+    def __init__(self, workers):
+        self.workers = workers
+        self.pending = []
+        self.pool = None
+        if workers > 1:
+            # spawn, not fork: the caller (tests, training tools) may hold threads a fork would copy mid-state;
+            # a script calling generate_synthetic(workers > 1) therefore needs the `if __name__ == "__main__"` guard
+            self.pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker)
+
+    def add(self, job):
+        if self.pool is None:
+            write_image(job)
+            return
+        self.pending.append(job)
+        if len(self.pending) >= 4 * self.workers * IMAGES_PER_TASK:
+            self.flush()
+
+    def flush(self):
+        if self.pending:
+            self.pool.map(write_image, self.pending, chunksize=IMAGES_PER_TASK)
+            self.pending = []
+
+    def close(self):
+        if self.pool is not None:
+            try:
+                self.flush()
+            finally:
+                self.pool.close()
+                self.pool.join()
 
 
 def assign_splits(rng, num_images):
@@ -168,10 +270,25 @@ def _sentence_record(raw, sent_id):
     return {"tokens": tokens, "raw": raw, "sent_id": sent_id, "sent": " ".join(tokens)}
 
 
-def generate_synthetic(out_dir, num_images=300, seed=0, image_size=64):
-    """Write the synthetic set under out_dir; returns counts {images, annotations, refs, sentences}."""
+def image_job(rng, objects, image_id, path, size, seed, texture):
+    """What a writer needs for one image; flat images are rendered here, from the shared RNG, as always."""
+    width, height = size
+    if not texture:
+        return {"path": path, "pixels": render(rng, objects, width, height)}
+    return {"path": path, "seed": seed, "image_id": image_id, "width": width, "height": height,
+            "objects": [{"colour": obj["colour"], "polygon": obj["polygon"]} for obj in objects]}
+
+
+def generate_synthetic(out_dir, num_images=300, seed=0, image_size=64, texture=False, workers=1):
+    """Write the synthetic set under out_dir; returns counts {images, annotations, refs, sentences}.
+
+    image_size is a side, 'WIDTHxHEIGHT' or a (width, height) pair.
+    """
     if num_images < len(SPLIT_SHARES):
         raise ValueError(f"need at least {len(SPLIT_SHARES)} images (one per split), got {num_images}")
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    width, height = image_size if isinstance(image_size, (tuple, list)) else parse_image_size(image_size)
     rng = np.random.default_rng(seed)
     data_dir = os.path.join(out_dir, "refcoco")
     image_dir = os.path.join(out_dir, "images")
@@ -180,37 +297,39 @@ def generate_synthetic(out_dir, num_images=300, seed=0, image_size=64):
     splits = assign_splits(rng, num_images)
     images, annotations, refs = [], [], []
     sent_id = 0
-    for index in range(num_images):
-        image_id = index + 1
-        objects = make_image(rng, image_size)
-        for number, obj in enumerate(objects):
-            obj["mask"] = polygon_mask(obj["polygon"], image_size)
-            obj["ann_id"] = image_id * 10 + number
-        rgb = render(rng, objects, image_size)
-        cv2.imwrite(os.path.join(image_dir, image_file_name(image_id)), rgb[:, :, ::-1],
-                    [cv2.IMWRITE_JPEG_QUALITY, 95])
-        images.append({"id": image_id, "file_name": image_file_name(image_id),
-                       "height": image_size, "width": image_size})
-        for obj in objects:
-            rle = mask_utils.encode(np.asfortranarray(obj["mask"].astype(np.uint8)))
-            annotations.append({
-                "id": obj["ann_id"], "image_id": image_id, "category_id": SHAPES.index(obj["shape"]) + 1,
-                "segmentation": [obj["polygon"]], "area": float(mask_utils.area(rle)),
-                "bbox": [round(float(value), 2) for value in mask_utils.toBbox(rle)], "iscrowd": 0,
-                "colour": obj["colour"]})
-            if not obj["sentences"]:
-                continue
-            count = min(int(rng.integers(1, 4)), len(obj["sentences"]))
-            chosen = rng.choice(len(obj["sentences"]), size=count, replace=False)
-            sentences = []
-            for choice in sorted(chosen):
-                sentences.append(_sentence_record(style(rng, obj["sentences"][choice]), sent_id))
-                sent_id += 1
-            refs.append({
-                "ref_id": len(refs), "ann_id": obj["ann_id"], "image_id": image_id, "split": splits[index],
-                "category_id": SHAPES.index(obj["shape"]) + 1,
-                "sent_ids": [sentence["sent_id"] for sentence in sentences], "sentences": sentences,
-                "file_name": f"COCO_train2014_{image_id:012d}_{obj['ann_id']}.jpg"})
+    writer = ImageWriter(workers)
+    try:
+        for index in range(num_images):
+            image_id = index + 1
+            objects = make_image(rng, width, height)
+            for number, obj in enumerate(objects):
+                obj["mask"] = polygon_mask(obj["polygon"], width, height)
+                obj["ann_id"] = image_id * 10 + number
+            path = os.path.join(image_dir, image_file_name(image_id))
+            writer.add(image_job(rng, objects, image_id, path, (width, height), seed, texture))
+            images.append({"id": image_id, "file_name": image_file_name(image_id), "height": height, "width": width})
+            for obj in objects:
+                rle = mask_utils.encode(np.asfortranarray(obj["mask"].astype(np.uint8)))
+                annotations.append({
+                    "id": obj["ann_id"], "image_id": image_id, "category_id": SHAPES.index(obj["shape"]) + 1,
+                    "segmentation": [obj["polygon"]], "area": float(mask_utils.area(rle)),
+                    "bbox": [round(float(value), 2) for value in mask_utils.toBbox(rle)], "iscrowd": 0,
+                    "colour": obj["colour"]})
+                if not obj["sentences"]:
+                    continue
+                count = min(int(rng.integers(1, 4)), len(obj["sentences"]))
+                chosen = rng.choice(len(obj["sentences"]), size=count, replace=False)
+                sentences = []
+                for choice in sorted(chosen):
+                    sentences.append(_sentence_record(style(rng, obj["sentences"][choice]), sent_id))
+                    sent_id += 1
+                refs.append({
+                    "ref_id": len(refs), "ann_id": obj["ann_id"], "image_id": image_id, "split": splits[index],
+                    "category_id": SHAPES.index(obj["shape"]) + 1,
+                    "sent_ids": [sentence["sent_id"] for sentence in sentences], "sentences": sentences,
+                    "file_name": f"COCO_train2014_{image_id:012d}_{obj['ann_id']}.jpg"})
+    finally:
+        writer.close()
     categories = [{"id": number + 1, "name": shape, "supercategory": "shape"} for number, shape in enumerate(SHAPES)]
     with open(os.path.join(data_dir, "instances.json"), "w", encoding="utf-8") as handle:
         json.dump({"images": images, "annotations": annotations, "categories": categories}, handle)
@@ -235,7 +354,11 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--images", type=int, default=300, help="number of images")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--image_size", type=int, default=64, help="image side in pixels")
+    parser.add_argument("--image_size", type=parse_image_size, default=(64, 64),
+                        help="image side in pixels (64) or WIDTHxHEIGHT (640x480)")
+    parser.add_argument("--texture", action="store_true",
+                        help="fill background and objects with seeded noisy texture (COCO-sized JPEGs)")
+    parser.add_argument("--workers", type=int, default=1, help="processes that render and encode the images")
     parser.add_argument("--print_example", metavar="SPLIT", default="",
                         help="do not write anything; print '<image path> <sentence>' of the first ref of SPLIT "
                              "of an existing set in --out")
@@ -244,7 +367,8 @@ def main(argv=None):
         image_path, sentence = first_example(args.out, args.print_example)
         print(f"{image_path} {sentence}")
         return 0
-    counts = generate_synthetic(args.out, args.images, args.seed, args.image_size)
+    counts = generate_synthetic(args.out, args.images, args.seed, args.image_size, args.texture,
+                                args.workers)
     print(f"synthetic set in {args.out}: {counts['images']} images, {counts['annotations']} objects, "
           f"{counts['refs']} refs, {counts['sentences']} sentences")
     print(f"convert: python -m src.data.build_mindrecord --refer_data_root {args.out} "

@@ -1,4 +1,5 @@
-"""Synthetic REFER-layout data: layout, determinism, discriminative sentences, weak category baseline."""
+"""Synthetic REFER-layout data: layout, determinism, discriminative sentences, weak category baseline,
+non-square sizes, texture, workers."""
 import filecmp
 import json
 import os
@@ -7,12 +8,13 @@ import subprocess
 import sys
 from collections import defaultdict
 
+import cv2
 import numpy as np
 import pytest
 
 from model_utils.config import get_config
 from src.data.refer import Refer, segmentation_to_mask
-from src.data.synthetic import COLOURS, SHAPES, SPECIAL_TOKENS, generate_synthetic, image_file_name
+from src.data.synthetic import COLOURS, SHAPES, SPECIAL_TOKENS, generate_synthetic, image_file_name, parse_image_size
 from src.data.tokenizer import build_tokenizer
 from tests.conftest import ROOT, TINY_CONFIG
 
@@ -165,3 +167,104 @@ def test_cli_writes_the_set(tmp_path):
     assert len(instances["images"]) == 8 and instances["images"][0]["width"] == 80
     with open(tmp_path / "refcoco" / "refs(unc).p", "rb") as handle:
         assert isinstance(pickle.load(handle), list)
+
+
+def _set_files(num_images):
+    return ["refcoco/instances.json", "refcoco/refs(unc).p", "vocab.txt"] + \
+        [f"images/{image_file_name(index)}" for index in range(1, num_images + 1)]
+
+
+def _same_sets(first, second, num_images):
+    _, mismatch, errors = filecmp.cmpfiles(first, second, _set_files(num_images), shallow=False)
+    return not mismatch and not errors
+
+
+def test_parse_image_size():
+    assert parse_image_size("640") == (640, 640)
+    assert parse_image_size("640x480") == (640, 480)
+    for bad in ("", "640x", "x480", "0", "64x48x2", "-5"):
+        with pytest.raises(ValueError):
+            parse_image_size(bad)
+
+
+def test_explicit_defaults_give_the_default_set(tmp_path):
+    generate_synthetic(str(tmp_path / "a"), num_images=8, seed=3)
+    generate_synthetic(str(tmp_path / "b"), num_images=8, seed=3, image_size="64x64", texture=False, workers=2)
+    assert _same_sets(tmp_path / "a", tmp_path / "b", 8)
+
+
+@pytest.fixture(scope="module")
+def wide_refer(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("wide"))
+    generate_synthetic(root, num_images=60, seed=7, image_size="160x64")
+    return Refer(root, "refcoco", "unc", os.path.join(root, "images"))
+
+
+def test_non_square_sizes_masks_and_positions(wide_refer):
+    for image in wide_refer.coco.dataset["images"]:
+        assert (image["width"], image["height"]) == (160, 64)
+        anns = wide_refer.coco.imgToAnns[image["id"]]
+        for ann in anns:
+            x, y, w, h = ann["bbox"]
+            assert x >= 0 and y >= 0 and x + w <= 160 and y + h <= 64
+            mask = segmentation_to_mask(ann["segmentation"], 64, 160)
+            assert mask.shape == (64, 160) and mask.sum() == ann["area"]
+    words = set()
+    for ref in wide_refer.refs:
+        anns = wide_refer.coco.imgToAnns[ref["image_id"]]
+        for sentence in ref["sentences"]:
+            assert resolve(sentence["raw"], anns) == [ref["ann_id"]], sentence["raw"]
+            words.update(sentence["tokens"])
+    assert {"left", "right", "top", "bottom"} <= words
+
+
+def test_non_square_position_margin_is_a_share_of_each_axis(wide_refer):
+    """A position word needs a gap above MARGIN of its own axis' extent (x: 16 px of 160, y: 6.4 px of 64)."""
+    from src.data.synthetic import MARGIN
+    extents = {"x": 160, "y": 64}
+    for ref in wide_refer.refs:
+        anns = wide_refer.coco.imgToAnns[ref["image_id"]]
+        target = wide_refer.coco.anns[ref["ann_id"]]
+        others = [ann for ann in anns if ann["category_id"] == target["category_id"] and ann is not target]
+        for sentence in ref["sentences"]:
+            position = next((word for word in sentence["tokens"] if word in POSITIONS), None)
+            if position is None:
+                continue
+            axis, pick = POSITIONS[position]
+            sign = -1 if pick is min else 1
+            colour = next((word for word in sentence["tokens"] if word in COLOURS), None)
+            rivals = [ann for ann in others if colour is None or ann["colour"] == colour]
+            gap = min(sign * (_centre(target)[axis] - _centre(ann)[axis]) for ann in rivals)
+            assert gap > MARGIN * extents[axis] - 1.0, sentence["raw"]  # bbox centres are within a pixel
+
+
+def test_texture_jpegs_are_coco_sized(tmp_path):
+    generate_synthetic(str(tmp_path), num_images=5, seed=1, image_size="640x480", texture=True)
+    sizes = [os.path.getsize(tmp_path / "images" / image_file_name(index)) for index in range(1, 6)]
+    assert 60_000 < np.mean(sizes) < 300_000, sizes
+    refer = Refer(str(tmp_path), "refcoco", "unc", str(tmp_path / "images"))
+    for ann in refer.coco.dataset["annotations"]:
+        image = cv2.imread(str(tmp_path / "images" / image_file_name(ann["image_id"])))[:, :, ::-1]
+        mask = segmentation_to_mask(ann["segmentation"], 480, 640) > 0
+        inner = cv2.erode(mask.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
+        mean_colour = image[inner].mean(axis=0)
+        nearest = min(COLOURS, key=lambda name: np.linalg.norm(mean_colour - COLOURS[name]))
+        assert nearest == ann["colour"]
+
+
+def test_workers_do_not_change_the_output(tmp_path):
+    for workers in (1, 2):
+        generate_synthetic(str(tmp_path / str(workers)), num_images=10, seed=2, image_size="96x72", texture=True,
+                           workers=workers)
+    assert _same_sets(tmp_path / "1", tmp_path / "2", 10)
+
+
+def test_cli_non_square_texture_with_workers(tmp_path):
+    command = [sys.executable, "-m", "src.data.synthetic", "--out", str(tmp_path), "--images", "6",
+               "--image_size", "80x60", "--texture", "--workers", "2"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    with open(tmp_path / "refcoco" / "instances.json", encoding="utf-8") as handle:
+        image = json.load(handle)["images"][0]
+    assert (image["width"], image["height"]) == (80, 60)
+    assert cv2.imread(str(tmp_path / "images" / image["file_name"])).shape == (60, 80, 3)
