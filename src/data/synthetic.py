@@ -49,6 +49,9 @@ def shape_polygon(shape, cx, cy, radius):
     return [round(float(value), 2) for value in points.reshape(-1)]
 
 
+MAX_IMAGE_ATTEMPTS = 1000  # layouts tried per image before the size is declared unusable
+
+
 def parse_image_size(text):
     """(width, height) from a square side '640' or 'WIDTHxHEIGHT' such as '640x480'."""
     parts = str(text).lower().split("x")
@@ -131,7 +134,7 @@ def style(rng, sentence):
 def make_image(rng, width, height):
     """Objects (dicts with shape, colour, cx, cy, polygon) of one image that yields at least one ref."""
     extents = {"cx": width, "cy": height}
-    while True:
+    for _attempt in range(MAX_IMAGE_ATTEMPTS):
         count = int(rng.integers(2, 5))
         placed = place_objects(rng, count, width, height)
         if placed is None:
@@ -144,6 +147,8 @@ def make_image(rng, width, height):
             obj["sentences"] = describe(obj, objects, extents)
         if any(obj["sentences"] for obj in objects):
             return objects
+    raise ValueError(f"cannot place 2-4 separable objects in a {width}x{height} image: use a larger or less "
+                     "elongated --image_size")
 
 
 def render(rng, objects, width, height):
@@ -367,8 +372,10 @@ def main(argv=None):
         image_path, sentence = first_example(args.out, args.print_example)
         print(f"{image_path} {sentence}")
         return 0
-    counts = generate_synthetic(args.out, args.images, args.seed, args.image_size, args.texture,
-                                args.workers)
+    try:
+        counts = generate_synthetic(args.out, args.images, args.seed, args.image_size, args.texture, args.workers)
+    except ValueError as err:
+        parser.exit(1, f"error: {err}\n")
     print(f"synthetic set in {args.out}: {counts['images']} images, {counts['annotations']} objects, "
           f"{counts['refs']} refs, {counts['sentences']} sentences")
     print(f"convert: python -m src.data.build_mindrecord --refer_data_root {args.out} "

@@ -268,3 +268,11 @@ def test_cli_non_square_texture_with_workers(tmp_path):
         image = json.load(handle)["images"][0]
     assert (image["width"], image["height"]) == (80, 60)
     assert cv2.imread(str(tmp_path / "images" / image["file_name"])).shape == (60, 80, 3)
+
+
+def test_a_size_that_cannot_hold_the_objects_is_a_one_line_error(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "src.data.synthetic", "--out", str(tmp_path / "set"), "--images",
+                             "4", "--image_size", "6"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert "cannot place 2-4 separable objects in a 6x6 image" in result.stderr
+    assert "Traceback" not in result.stderr
