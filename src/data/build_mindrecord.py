@@ -24,17 +24,6 @@ from src.files import atomic_path
 
 WRITE_CHUNK = 256
 IMAGE_CACHE_SIZE = 16
-# MindRecord's defaults (16 MiB header, 32 MiB pages) make every file about 50 MB long, however little it
-# holds; the bytes beyond the data are holes on disk but real bytes for cp or an object store. Pages are
-# sized to the data instead. A page must hold the largest row's blobs (the writer refuses smaller ones),
-# and the header lists every page: about 200 bytes each (measured), so 1 KiB per page leaves a wide margin.
-MIN_PAGE_SIZE = 32 * 1024
-MAX_PAGE_SIZE = 4 * 1024 * 1024
-PAGES_PER_SET = 64
-MIN_HEADER_SIZE = 64 * 1024
-MAX_HEADER_SIZE = 128 * 1024 * 1024
-HEADER_BYTES_PER_PAGE = 1024
-RAW_BYTES_PER_ROW = 512  # ids, tokens and the sentence of a row (raw pages)
 MASK_VALUE = 255  # masks are stored as PNG uint8 with 0 = background, 255 = object
 
 
@@ -154,42 +143,9 @@ def check_unique_sent_ids(refs, name):
             seen.add(sentence["sent_id"])
 
 
-def next_power_of_two(value):
-    return 1 << max(0, int(value) - 1).bit_length()
-
-
-class FileLayout:
-    """Header and page sizes of a file set from the blob bytes of each of its rows (image and mask)."""
-
-    def __init__(self, row_blob_sizes, num_shards):
-        sizes = list(row_blob_sizes) or [0]
-        total = sum(sizes) + len(sizes) * RAW_BYTES_PER_ROW
-        smallest_fit = next_power_of_two(2 * max(sizes))
-        self.page_size = max(MIN_PAGE_SIZE, smallest_fit,
-                             min(MAX_PAGE_SIZE, next_power_of_two(max(1, total // PAGES_PER_SET))))
-        pages = total // self.page_size + 4 * num_shards + 4
-        self.header_size = min(MAX_HEADER_SIZE, max(MIN_HEADER_SIZE,
-                                                    next_power_of_two(pages * HEADER_BYTES_PER_PAGE)))
-
-    @staticmethod
-    def of_refs(refer, refs):
-        """Upper bounds of the rows' blob bytes: the image file, and for the mask PNG one bit per pixel
-        (what deflate needs at worst for a binary mask) plus PNG overhead."""
-        sizes = {}
-        for ref in refs:
-            if ref["image_id"] not in sizes:
-                path = refer.image_path(ref["image_id"])
-                info = refer.image_info(ref["image_id"])
-                sizes[ref["image_id"]] = ((os.path.getsize(path) if os.path.isfile(path) else 0)
-                                          + int(info["width"]) * int(info["height"]) // 8 + 4096)
-        return [sizes[ref["image_id"]] for ref in refs for _ in ref["sentences"]]
-
-
-def write_split(tmp_base, rows, max_tokens, num_shards, layout):
-    """Write rows into a file set at tmp_base with the FileLayout's sizes; returns the number of rows."""
+def write_split(tmp_base, rows, max_tokens, num_shards):
+    """Write rows into a file set at tmp_base; returns the number of rows."""
     writer = FileWriter(tmp_base, shard_num=num_shards, overwrite=True)
-    writer.set_header_size(layout.header_size)
-    writer.set_page_size(layout.page_size)
     writer.add_schema(record_schema(max_tokens), "CoupAlign referring segmentation")
     writer.add_index(["ref_id", "sent_id", "image_id"])
     count = 0
@@ -246,8 +202,8 @@ def convert_split(refer, split, tokenizer, config):
     stats = SplitStats()
     try:
         rows = iter_rows(refer, refs, tokenizer, int(config.max_tokens), bool(config.skip_bad), stats)
-        write_split(os.path.join(tmp_dir, os.path.basename(final_base)), rows, int(config.max_tokens),
-                    int(config.num_shards), FileLayout(FileLayout.of_refs(refer, refs), int(config.num_shards)))
+        write_split(os.path.join(tmp_dir, os.path.basename(final_base)), rows,
+                    int(config.max_tokens), int(config.num_shards))
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
