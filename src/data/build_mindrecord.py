@@ -1,15 +1,19 @@
-"""Convert a REFER dataset to MindRecord: one file set per split, one row per sentence.
+"""Convert a REFER dataset to MindRecord: one file set per split, one row per image.
 
 python -m src.data.build_mindrecord --refer_data_root R --image_root I --dataset refcoco \
     --split_by unc --vocab_file V --mindrecord_dir M [--splits train,val] [--num_shards K] [--skip_bad]
 
-Each set is written in a hidden temporary folder of mindrecord_dir and moved into place when
-complete; the first file's .db index is moved last, so a set whose first .db exists is complete.
+Layout 2 (docs/data_preparation.md): each image is stored once, with the PNG masks of its refs; the
+sentences (ids and tokens) live in a small side file `<name>.index.npz` that the pipeline reads to draw
+one sentence per ref (training) or to walk every sentence (evaluation). Each set is written in a hidden
+temporary folder of mindrecord_dir and moved into place when complete; the first file's .db index is
+moved last, so a set whose first .db exists is complete.
 """
+import json
 import os
 import shutil
 import sys
-from collections import OrderedDict
+from itertools import groupby
 
 import cv2
 import numpy as np
@@ -17,13 +21,23 @@ from tqdm import tqdm
 from mindspore.mindrecord import FileWriter
 
 from model_utils.config import ConfigError, get_config
-from src.data.dataset import mindrecord_files, mindrecord_name, mindrecord_path
+from src.data.dataset import LAYOUT_VERSION, index_path, mindrecord_files, mindrecord_name, mindrecord_path
 from src.data.refer import Refer, ReferError
 from src.data.tokenizer import VocabError, build_tokenizer
 from src.files import atomic_path
 
-WRITE_CHUNK = 256
-IMAGE_CACHE_SIZE = 16
+WRITE_CHUNK = 64
+# MindRecord's defaults (16 MiB header, 32 MiB pages) make every file about 50 MB long, however little it
+# holds; the bytes beyond the data are holes on disk but real bytes for cp or an object store. Pages are
+# sized to the data instead. A page must hold the largest row's blobs (the writer refuses smaller ones),
+# and the header lists every page: about 200 bytes each (measured), so 1 KiB per page leaves a wide margin.
+MIN_PAGE_SIZE = 32 * 1024
+MAX_PAGE_SIZE = 4 * 1024 * 1024
+PAGES_PER_SET = 64
+MIN_HEADER_SIZE = 64 * 1024
+MAX_HEADER_SIZE = 128 * 1024 * 1024
+HEADER_BYTES_PER_PAGE = 1024
+RAW_BYTES_PER_ROW = 512  # image_id, sizes, ref ids and the sentences' text of a row (raw pages)
 MASK_VALUE = 255  # masks are stored as PNG uint8 with 0 = background, 255 = object
 
 
@@ -31,16 +45,18 @@ class DataError(RuntimeError):
     """Input data that stops a conversion (missing or corrupt image, empty split, ...)."""
 
 
-def record_schema(max_tokens):
+def record_schema():
+    """One row per image: the encoded image, its refs' masks (PNGs back to back, mask_ends[k] is where
+    ref k's ends), the refs' ids in that order and the sentences' text (JSON, for inspection only)."""
     return {
-        "image": {"type": "bytes"},
-        "mask": {"type": "bytes"},
-        "input_ids": {"type": "int32", "shape": [max_tokens]},
-        "attention_mask": {"type": "int32", "shape": [max_tokens]},
-        "ref_id": {"type": "int64"},
-        "sent_id": {"type": "int64"},
         "image_id": {"type": "int64"},
-        "sentence": {"type": "string"},
+        "height": {"type": "int32"},
+        "width": {"type": "int32"},
+        "image": {"type": "bytes"},
+        "masks": {"type": "bytes"},
+        "mask_ends": {"type": "int64", "shape": [-1]},
+        "ref_ids": {"type": "int64", "shape": [-1]},
+        "sentences": {"type": "string"},
     }
 
 
@@ -66,37 +82,12 @@ def read_image(path, height, width):
     return data
 
 
-class ImageReader:
-    """Reads and validates images, caching the last few and every failure."""
-
-    def __init__(self, refer):
-        self.refer = refer
-        self.cache = OrderedDict()
-        self.failures = {}
-
-    def get(self, image_id):
-        if image_id in self.failures:
-            raise self.failures[image_id]
-        if image_id in self.cache:
-            self.cache.move_to_end(image_id)
-            return self.cache[image_id]
-        info = self.refer.image_info(image_id)
-        try:
-            data = read_image(self.refer.image_path(image_id), info["height"], info["width"])
-        except DataError as err:
-            self.failures[image_id] = err
-            raise
-        self.cache[image_id] = data
-        if len(self.cache) > IMAGE_CACHE_SIZE:
-            self.cache.popitem(last=False)
-        return data
-
-
 class SplitStats:
     def __init__(self):
         self.refs = set()
         self.images = set()
         self.sentences = 0
+        self.image_bytes = 0
         self.truncated = 0
         self.empty = []
         self.skipped = []  # (sent_id, ref_id, image_id, reason)
@@ -106,32 +97,84 @@ class SplitStats:
                 len({item[2] for item in self.skipped}))
 
 
-def iter_rows(refer, refs, tokenizer, max_tokens, skip_bad, stats):
-    """MindRecord rows of the refs (sorted by ref_id, sentences in order)."""
-    images = ImageReader(refer)
-    for ref in tqdm(refs, desc="refs", unit="ref", disable=None, leave=False):
+class SplitIndex:
+    """The side table of a split: per ref its image row and slot, per sentence its ref and tokens."""
+
+    def __init__(self, max_tokens):
+        self.max_tokens = max_tokens
+        self.image_ids, self.ref_ids, self.ref_images, self.ref_slots = [], [], [], []
+        self.sent_ids, self.sent_refs, self.input_ids, self.attention_mask = [], [], [], []
+
+    def add_image(self, image_id, refs, tokens):
+        """refs: the image's refs in stored order; tokens: per ref a list of (sent_id, ids, attention)."""
+        row = len(self.image_ids)
+        self.image_ids.append(image_id)
+        for slot, (ref, sentences) in enumerate(zip(refs, tokens)):
+            for sent_id, ids, attention in sentences:
+                self.sent_ids.append(sent_id)
+                self.sent_refs.append(len(self.ref_ids))
+                self.input_ids.append(ids)
+                self.attention_mask.append(attention)
+            self.ref_ids.append(int(ref["ref_id"]))
+            self.ref_images.append(row)
+            self.ref_slots.append(slot)
+
+    def save(self, path):
+        tokens = (len(self.sent_ids), self.max_tokens)
+        with atomic_path(path, suffix=".npz") as temp:
+            np.savez(temp, layout=np.int64(LAYOUT_VERSION), max_tokens=np.int64(self.max_tokens),
+                     image_ids=np.array(self.image_ids, np.int64), ref_ids=np.array(self.ref_ids, np.int64),
+                     ref_images=np.array(self.ref_images, np.int64), ref_slots=np.array(self.ref_slots, np.int64),
+                     sent_ids=np.array(self.sent_ids, np.int64), sent_refs=np.array(self.sent_refs, np.int64),
+                     input_ids=np.array(self.input_ids, np.int32).reshape(tokens),
+                     attention_mask=np.array(self.attention_mask, np.int32).reshape(tokens))
+
+
+def encode_sentences(ref, tokenizer, max_tokens, stats):
+    """[(sent_id, input_ids, attention_mask)] of a ref's sentences, counting empty and cut ones."""
+    encoded = []
+    for sentence in ref["sentences"]:
+        raw = sentence["raw"] or ""
+        input_ids, attention_mask, length = tokenizer.encode_with_length(raw, max_tokens)
+        if length == 2:
+            stats.empty.append(sentence["sent_id"])
+        elif length > max_tokens:
+            stats.truncated += 1
+        encoded.append((int(sentence["sent_id"]), input_ids, attention_mask))
+    return encoded
+
+
+def refs_by_image(refs):
+    """[(image_id, [refs of that image in ref_id order])] in image_id order."""
+    ordered = sorted(refs, key=lambda ref: (ref["image_id"], ref["ref_id"]))
+    return [(image_id, list(group)) for image_id, group in groupby(ordered, key=lambda ref: ref["image_id"])]
+
+
+def iter_rows(refer, groups, tokenizer, index, skip_bad, stats):
+    """MindRecord rows of `groups` (refs_by_image), one per image; fills `index` and `stats` on the way."""
+    for image_id, image_refs in tqdm(groups, desc="images", unit="image", disable=None, leave=False):
+        info = refer.image_info(image_id)
         try:
-            image = images.get(ref["image_id"])
+            image = read_image(refer.image_path(image_id), info["height"], info["width"])
         except DataError as err:
             if not skip_bad:
                 raise
-            for sentence in ref["sentences"]:
-                stats.skipped.append((sentence["sent_id"], ref["ref_id"], ref["image_id"], str(err)))
+            stats.skipped += [(sentence["sent_id"], ref["ref_id"], image_id, str(err))
+                              for ref in image_refs for sentence in ref["sentences"]]
             continue
-        mask = encode_mask_png(refer.ref_mask(ref))
-        for sentence in ref["sentences"]:
-            raw = sentence["raw"] or ""
-            input_ids, attention_mask, length = tokenizer.encode_with_length(raw, max_tokens)
-            if length == 2:
-                stats.empty.append(sentence["sent_id"])
-            elif length > max_tokens:
-                stats.truncated += 1
-            stats.sentences += 1
-            stats.refs.add(ref["ref_id"])
-            stats.images.add(ref["image_id"])
-            yield {"image": image, "mask": mask, "input_ids": input_ids, "attention_mask": attention_mask,
-                   "ref_id": int(ref["ref_id"]), "sent_id": int(sentence["sent_id"]),
-                   "image_id": int(ref["image_id"]), "sentence": raw}
+        masks = [encode_mask_png(refer.ref_mask(ref)) for ref in image_refs]
+        tokens = [encode_sentences(ref, tokenizer, index.max_tokens, stats) for ref in image_refs]
+        index.add_image(image_id, image_refs, tokens)
+        stats.images.add(image_id)
+        stats.refs.update(ref["ref_id"] for ref in image_refs)
+        stats.sentences += sum(len(ref["sentences"]) for ref in image_refs)
+        stats.image_bytes += len(image)
+        yield {"image_id": int(image_id), "height": int(info["height"]), "width": int(info["width"]),
+               "image": image, "masks": b"".join(masks),
+               "mask_ends": np.cumsum([len(mask) for mask in masks]).astype(np.int64),
+               "ref_ids": np.array([ref["ref_id"] for ref in image_refs], np.int64),
+               "sentences": json.dumps([sentence["raw"] or "" for ref in image_refs for sentence in ref["sentences"]],
+                                       ensure_ascii=False)}
 
 
 def check_unique_sent_ids(refs, name):
@@ -139,15 +182,48 @@ def check_unique_sent_ids(refs, name):
     for ref in refs:
         for sentence in ref["sentences"]:
             if sentence["sent_id"] in seen:
-                raise DataError(f"{name}: sent_id {sentence['sent_id']} occurs twice (it indexes the rows)")
+                raise DataError(f"{name}: sent_id {sentence['sent_id']} occurs twice (it identifies a sample)")
             seen.add(sentence["sent_id"])
 
 
-def write_split(tmp_base, rows, max_tokens, num_shards):
-    """Write rows into a file set at tmp_base; returns the number of rows."""
+def next_power_of_two(value):
+    return 1 << max(0, int(value) - 1).bit_length()
+
+
+class FileLayout:
+    """Header and page sizes of a file set from the blob bytes of each of its rows (image and masks)."""
+
+    def __init__(self, row_blob_sizes, num_shards):
+        sizes = list(row_blob_sizes) or [0]
+        total = sum(sizes) + len(sizes) * RAW_BYTES_PER_ROW
+        smallest_fit = next_power_of_two(2 * max(sizes))
+        self.page_size = max(MIN_PAGE_SIZE, smallest_fit,
+                             min(MAX_PAGE_SIZE, next_power_of_two(max(1, total // PAGES_PER_SET))))
+        pages = total // self.page_size + 4 * num_shards + 4
+        self.header_size = min(MAX_HEADER_SIZE, max(MIN_HEADER_SIZE,
+                                                    next_power_of_two(pages * HEADER_BYTES_PER_PAGE)))
+
+    @staticmethod
+    def of_images(refer, groups):
+        """Upper bounds of the rows' blob bytes: the image file, and per mask PNG one bit per pixel (what
+        deflate needs at worst for a binary mask) plus PNG overhead, plus the ref ids and mask ends."""
+        sizes = []
+        for image_id, image_refs in groups:
+            path = refer.image_path(image_id)
+            info = refer.image_info(image_id)
+            mask_bound = int(info["width"]) * int(info["height"]) // 8 + 4096
+            sizes.append((os.path.getsize(path) if os.path.isfile(path) else 0)
+                         + len(image_refs) * (mask_bound + 16))
+        return sizes
+
+
+def write_split(tmp_base, rows, num_shards, layout):
+    """Write rows into a file set at tmp_base with the FileLayout's sizes; returns the number of rows."""
     writer = FileWriter(tmp_base, shard_num=num_shards, overwrite=True)
-    writer.add_schema(record_schema(max_tokens), "CoupAlign referring segmentation")
-    writer.add_index(["ref_id", "sent_id", "image_id"])
+    writer.set_header_size(layout.header_size)
+    writer.set_page_size(layout.page_size)
+    writer.add_schema(record_schema(), f"CoupAlign referring segmentation, layout {LAYOUT_VERSION}")
+    writer.add_index(["image_id"])
     count = 0
     chunk = []
     for row in rows:
@@ -165,12 +241,15 @@ def write_split(tmp_base, rows, max_tokens, num_shards):
     return count
 
 
-def publish(tmp_dir, final_base):
-    """Replace the final file set by the one in tmp_dir; the first .db goes last, as the completion mark."""
+def publish(tmp_dir, final_base, final_index):
+    """Replace the final file set (and its index) by the one in tmp_dir; the first .db goes last, as the
+    completion mark, and is the first old file removed."""
     old = mindrecord_files(final_base)
     marker_names = (final_base + ".db", final_base + "0.db")
     for path in sorted(old, key=lambda item: item not in marker_names):
         os.remove(path)
+    if os.path.exists(final_index):
+        os.remove(final_index)
     folder = os.path.dirname(final_base)
     names = sorted(os.listdir(tmp_dir))
     markers = [name for name in names if os.path.join(folder, name) in marker_names]
@@ -200,14 +279,18 @@ def convert_split(refer, split, tokenizer, config):
     refs = refer.refs_of_split(split)
     check_unique_sent_ids(refs, name)
     stats = SplitStats()
+    groups = refs_by_image(refs)
+    index = SplitIndex(int(config.max_tokens))
+    final_index = index_path(config.mindrecord_dir, config.dataset, config.split_by, split)
     try:
-        rows = iter_rows(refer, refs, tokenizer, int(config.max_tokens), bool(config.skip_bad), stats)
-        write_split(os.path.join(tmp_dir, os.path.basename(final_base)), rows,
-                    int(config.max_tokens), int(config.num_shards))
+        rows = iter_rows(refer, groups, tokenizer, index, bool(config.skip_bad), stats)
+        write_split(os.path.join(tmp_dir, os.path.basename(final_base)), rows, int(config.num_shards),
+                    FileLayout(FileLayout.of_images(refer, groups), int(config.num_shards)))
+        index.save(os.path.join(tmp_dir, os.path.basename(final_index)))
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
-    publish(tmp_dir, final_base)
+    publish(tmp_dir, final_base, final_index)
     write_skip_report(os.path.join(config.mindrecord_dir, f"{name}_skipped.txt"), stats)
     return stats
 

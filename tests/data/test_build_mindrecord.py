@@ -2,6 +2,7 @@
 import contextlib
 import glob
 import io
+import json
 import os
 import pickle
 import shutil
@@ -18,13 +19,14 @@ from pycocotools.coco import COCO
 from model_utils.config import get_config
 from src.data import build_mindrecord
 from src.data.build_mindrecord import DataError, build
-from src.data.dataset import find_mindrecord, first_mindrecord_file, mindrecord_path
+from src.data.dataset import (LAYOUT_VERSION, find_mindrecord, first_mindrecord_file, index_path,
+                              load_split_table, mindrecord_path, ref_mask_bytes)
 from src.data.refer import Refer, ReferError, load_refs_pickle
 from src.data.synthetic import generate_synthetic
 from src.data.tokenizer import encode_sentence
 from tests.conftest import ROOT, TINY_CONFIG
 
-COLUMNS = ["image", "mask", "input_ids", "attention_mask", "ref_id", "sent_id", "image_id", "sentence"]
+COLUMNS = ["image_id", "height", "width", "image", "masks", "mask_ends", "ref_ids", "sentences"]
 
 
 def convert_args(root, out, *extra):
@@ -40,6 +42,11 @@ def convert(root, out, *extra):
 def read_rows(first_file):
     data = ds.MindDataset(first_file, columns_list=COLUMNS, shuffle=False)
     return list(data.create_dict_iterator(output_numpy=True, num_epochs=1))
+
+
+def read_table(out, split):
+    return load_split_table(find_mindrecord(out, "refcoco", "unc", split), index_path(out, "refcoco", "unc", split),
+                            "reconvert")
 
 
 def copy_synthetic(source, target):
@@ -83,27 +90,45 @@ def test_every_split_is_converted(converted, refer):
 def test_rows_hold_masks_images_and_tokens(converted, refer, synthetic_root):
     out, _ = converted
     coco = COCO(os.path.join(synthetic_root, "refcoco", "instances.json"))
-    refs = {ref["ref_id"]: ref for ref in refer.refs}
     vocab = os.path.join(synthetic_root, "vocab.txt")
     for split in refer.splits():
         rows = read_rows(find_mindrecord(out, "refcoco", "unc", split))
-        expected_order = [(ref["ref_id"], sentence["sent_id"]) for ref in refer.refs_of_split(split)
-                          for sentence in ref["sentences"]]
-        assert [(int(row["ref_id"]), int(row["sent_id"])) for row in rows] == expected_order
-        for row in rows:
-            ref = refs[int(row["ref_id"])]
-            mask = cv2.imdecode(np.frombuffer(row["mask"].tobytes(), np.uint8), cv2.IMREAD_UNCHANGED)
-            assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
-            np.testing.assert_array_equal(mask > 0, coco.annToMask(coco.anns[ref["ann_id"]]) > 0)
-            image_file = os.path.join(synthetic_root, "images", coco.imgs[ref["image_id"]]["file_name"])
-            with open(image_file, "rb") as handle:
+        table = read_table(out, split)
+        refs = sorted(refer.refs_of_split(split), key=lambda ref: (ref["image_id"], ref["ref_id"]))
+        assert [int(row["image_id"]) for row in rows] == sorted({ref["image_id"] for ref in refs})
+        assert table.image_ids.tolist() == [int(row["image_id"]) for row in rows]
+        assert table.ref_ids.tolist() == [ref["ref_id"] for ref in refs]
+        assert table.sent_ids.tolist() == [sentence["sent_id"] for ref in refs for sentence in ref["sentences"]]
+        for row_number, row in enumerate(rows):
+            image_refs = [ref for ref in refs if ref["image_id"] == int(row["image_id"])]
+            assert row["ref_ids"].tolist() == [ref["ref_id"] for ref in image_refs]
+            image = coco.imgs[int(row["image_id"])]
+            assert (int(row["height"]), int(row["width"])) == (image["height"], image["width"])
+            with open(os.path.join(synthetic_root, "images", image["file_name"]), "rb") as handle:
                 assert row["image"].tobytes() == handle.read()
-            assert int(row["image_id"]) == ref["image_id"]
-            sentence = next(item for item in ref["sentences"] if item["sent_id"] == int(row["sent_id"]))
-            assert str(row["sentence"]) == sentence["raw"]
-            ids, attention = encode_sentence(vocab, sentence["raw"], 12)
-            assert row["input_ids"].dtype == np.int32 and row["input_ids"].tolist() == ids.tolist()
-            assert row["attention_mask"].tolist() == attention.tolist()
+            assert len(row["mask_ends"]) == len(image_refs) and row["mask_ends"][-1] == len(row["masks"].tobytes())
+            for slot, ref in enumerate(image_refs):
+                mask = cv2.imdecode(np.frombuffer(ref_mask_bytes(row["masks"], row["mask_ends"], slot), np.uint8),
+                                    cv2.IMREAD_UNCHANGED)
+                assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
+                np.testing.assert_array_equal(mask > 0, coco.annToMask(coco.anns[ref["ann_id"]]) > 0)
+                entry = table.ref_ids.tolist().index(ref["ref_id"])
+                assert (table.ref_images[entry], table.ref_slots[entry]) == (row_number, slot)
+            assert json.loads(str(row["sentences"])) == [sentence["raw"] for ref in image_refs
+                                                         for sentence in ref["sentences"]]
+        for entry, ref in enumerate(refs):
+            for sentence in ref["sentences"]:
+                position = table.sent_ids.tolist().index(sentence["sent_id"])
+                assert table.sent_refs[position] == entry
+                ids, attention = encode_sentence(vocab, sentence["raw"], 12)
+                assert table.input_ids.dtype == np.int32 and table.input_ids[position].tolist() == ids.tolist()
+                assert table.attention_mask[position].tolist() == attention.tolist()
+
+
+def test_index_carries_the_layout_version(converted):
+    out, _ = converted
+    with np.load(index_path(out, "refcoco", "unc", "val")) as arrays:
+        assert int(arrays["layout"]) == LAYOUT_VERSION == 2
 
 
 def test_summary_counts_equal_refer(converted, refer):
@@ -112,7 +137,9 @@ def test_summary_counts_equal_refer(converted, refer):
         counts = refer.split_counts(split)
         assert (len(split_stats.refs), split_stats.sentences, len(split_stats.images)) == \
             (counts["refs"], counts["sentences"], counts["images"])
-        assert ds.MindDataset(find_mindrecord(out, "refcoco", "unc", split)).get_dataset_size() == counts["sentences"]
+        assert ds.MindDataset(find_mindrecord(out, "refcoco", "unc", split)).get_dataset_size() == counts["images"]
+        table = read_table(out, split)
+        assert (len(table.ref_ids), len(table.sent_ids)) == (counts["refs"], counts["sentences"])
 
 
 @pytest.mark.parametrize("num_shards", [2, 3, 5])
@@ -123,10 +150,10 @@ def test_sharded_reading_returns_every_row_once(converted, num_shards):
     padding = (-total) % num_shards
     seen = []
     for shard_id in range(num_shards):
-        data = ds.MindDataset(first, columns_list=["sent_id"], shuffle=False, num_shards=num_shards,
-                              shard_id=shard_id, padded_sample={"sent_id": -1}, num_padded=padding)
-        seen += [int(row["sent_id"]) for row in data.create_dict_iterator(output_numpy=True, num_epochs=1)]
-    real = [sent_id for sent_id in seen if sent_id >= 0]
+        data = ds.MindDataset(first, columns_list=["image_id"], shuffle=False, num_shards=num_shards,
+                              shard_id=shard_id, padded_sample={"image_id": -1}, num_padded=padding)
+        seen += [int(row["image_id"]) for row in data.create_dict_iterator(output_numpy=True, num_epochs=1)]
+    real = [image_id for image_id in seen if image_id >= 0]
     assert len(real) == total and len(set(real)) == total
 
 
@@ -139,7 +166,7 @@ def test_conversion_is_deterministic(synthetic_root, converted, tmp_path):
     for left, right in zip(first_rows, second_rows):
         for column in COLUMNS:
             assert np.asarray(left[column]).tobytes() == np.asarray(right[column]).tobytes(), column
-    for name in ("refcoco_unc_val.mindrecord0", "refcoco_unc_val.mindrecord1"):
+    for name in ("refcoco_unc_val.mindrecord0", "refcoco_unc_val.mindrecord1", "refcoco_unc_val.index.npz"):
         with open(os.path.join(out, name), "rb") as a, open(os.path.join(tmp_path, name), "rb") as b:
             assert a.read() == b.read()
 
@@ -155,6 +182,7 @@ def test_cli_converts_and_prints_counts(synthetic_root, refer, tmp_path):
         line = next(line for line in result.stdout.splitlines() if line.startswith(f"refcoco_unc_{split}:"))
         assert f"{counts['refs']} refs, {counts['sentences']} sentences, {counts['images']} images" in line
         assert os.path.isfile(mindrecord_path(str(out), "refcoco", "unc", split) + ".db")
+        assert os.path.isfile(index_path(str(out), "refcoco", "unc", split))
     assert not set_files(out, "refcoco_unc_train")
 
 
@@ -213,8 +241,10 @@ def test_skip_bad_reports_skipped_samples(synthetic_root, refer, tmp_path):
     report = (out / "refcoco_unc_val_skipped.txt").read_text().splitlines()
     assert sorted(int(line.split("\t")[0]) for line in report[1:]) == bad_sentences
     rows = read_rows(find_mindrecord(str(out), "refcoco", "unc", "val"))
-    assert len(rows) == stats.sentences
+    assert len(rows) == counts["images"] - 1 == len(stats.images)
     assert bad["image_id"] not in {int(row["image_id"]) for row in rows}
+    table = read_table(str(out), "val")
+    assert len(table.sent_ids) == stats.sentences and not set(table.sent_ids.tolist()) & set(bad_sentences)
 
 
 class _Marker:
@@ -309,13 +339,14 @@ def test_interrupted_write_leaves_no_set_and_keeps_the_old_one(synthetic_root, t
     out = tmp_path / "mr"
     convert(synthetic_root, out, "--splits", "val")
     old_files = {path: open(path, "rb").read() for path in set_files(out, "refcoco_unc_val")}
-    monkeypatch.setattr(build_mindrecord, "WRITE_CHUNK", 8)
+    old_index = open(index_path(str(out), "refcoco", "unc", "val"), "rb").read()
+    monkeypatch.setattr(build_mindrecord, "WRITE_CHUNK", 1)
     real_write = build_mindrecord.FileWriter.write_raw_data
     calls = []
 
     def interrupted_write(self, rows, *args, **kwargs):
         calls.append(len(rows))
-        if len(calls) == 3:
+        if len(calls) == 2:
             raise KeyboardInterrupt("simulated interruption")
         return real_write(self, rows, *args, **kwargs)
 
@@ -323,6 +354,7 @@ def test_interrupted_write_leaves_no_set_and_keeps_the_old_one(synthetic_root, t
     with pytest.raises(KeyboardInterrupt):
         convert(synthetic_root, out, "--splits", "val")
     assert {path: open(path, "rb").read() for path in set_files(out, "refcoco_unc_val")} == old_files
+    assert open(index_path(str(out), "refcoco", "unc", "val"), "rb").read() == old_index
     assert not glob.glob(os.path.join(str(out), ".*"))
 
     fresh = tmp_path / "fresh"
@@ -330,6 +362,7 @@ def test_interrupted_write_leaves_no_set_and_keeps_the_old_one(synthetic_root, t
     with pytest.raises(KeyboardInterrupt):
         convert(synthetic_root, fresh, "--splits", "val")
     assert not set_files(fresh, "refcoco_unc_val")
+    assert not os.path.exists(index_path(str(fresh), "refcoco", "unc", "val"))
 
 
 def test_set_is_incomplete_until_its_first_index_is_in_place(synthetic_root, tmp_path, monkeypatch):
@@ -364,8 +397,59 @@ def test_empty_sentence_is_kept_and_warned(synthetic_root, refer, tmp_path, caps
     build(get_config(convert_args(root, tmp_path / "mr", "--splits", "val"), TINY_CONFIG))
     captured = capsys.readouterr()
     assert "1 empty sentence" in captured.err and str(empty_id) in captured.err
-    rows = read_rows(find_mindrecord(str(tmp_path / "mr"), "refcoco", "unc", "val"))
-    row = next(row for row in rows if int(row["sent_id"]) == empty_id)
-    assert row["input_ids"].tolist() == [2, 3] + [0] * 10
-    assert row["attention_mask"].tolist() == [1, 1] + [0] * 10
-    assert len(rows) == refer.split_counts("val")["sentences"]
+    table = read_table(str(tmp_path / "mr"), "val")
+    position = table.sent_ids.tolist().index(empty_id)
+    assert table.input_ids[position].tolist() == [2, 3] + [0] * 10
+    assert table.attention_mask[position].tolist() == [1, 1] + [0] * 10
+    assert len(table.sent_ids) == refer.split_counts("val")["sentences"]
+
+
+def test_file_layout_sizes_pages_and_header_to_the_data():
+    small = build_mindrecord.FileLayout([2000] * 100, num_shards=1)
+    assert small.page_size == build_mindrecord.MIN_PAGE_SIZE and small.header_size == build_mindrecord.MIN_HEADER_SIZE
+    coco_size = build_mindrecord.FileLayout([400_000] * 20_000, num_shards=4)
+    assert coco_size.page_size == build_mindrecord.MAX_PAGE_SIZE
+    total = 20_000 * 400_000
+    assert coco_size.header_size >= (total // coco_size.page_size) * build_mindrecord.HEADER_BYTES_PER_PAGE
+    huge_image = build_mindrecord.FileLayout([100] * 10 + [6_000_000], num_shards=1)
+    assert huge_image.page_size >= 2 * 6_000_000
+
+
+def test_row_size_bounds_cover_the_written_rows(converted, refer):
+    out, _ = converted
+    groups = build_mindrecord.refs_by_image(refer.refs_of_split("train"))
+    bounds = build_mindrecord.FileLayout.of_images(refer, groups)
+    rows = read_rows(find_mindrecord(out, "refcoco", "unc", "train"))
+    for bound, row in zip(bounds, rows):
+        assert len(row["image"].tobytes()) + len(row["masks"].tobytes()) + 8 * len(row["ref_ids"]) * 2 <= bound
+
+
+def test_files_are_not_padded_far_beyond_their_data(converted):
+    out, _ = converted
+    paths = glob.glob(os.path.join(out, "*.mindrecord*"))
+    apparent = sum(os.stat(path).st_size for path in paths)
+    on_disk = sum(os.stat(path).st_blocks * 512 for path in paths)
+    # MindRecord's defaults made every file of this 40-image set about 50 MB long (mostly holes); now a file
+    # holds at most its header and two unfilled pages beyond its data.
+    assert apparent < 4 * 1024 * 1024
+    data_files = [path for path in paths if not path.endswith(".db")]
+    assert apparent <= on_disk + len(data_files) * (build_mindrecord.MIN_HEADER_SIZE + 2 * build_mindrecord.MIN_PAGE_SIZE)
+
+
+def test_a_set_of_many_pages_reads_back_whole(tmp_path, monkeypatch):
+    monkeypatch.setattr(build_mindrecord, "PAGES_PER_SET", 10 ** 6)  # the smallest pages that hold a row
+    # 2000 rows of 12 kB blobs on 32 KiB pages: about 800 pages, where MindRecord's smallest header (64 KiB)
+    # holds about 300 (measured: more fails the commit with "shard header is too big").
+    rng = np.random.default_rng(0)
+    blob = rng.bytes(12_000)
+    rows = ({"image_id": index, "height": 4, "width": 4, "image": blob, "masks": b"m" * 100,
+             "mask_ends": np.array([100], np.int64), "ref_ids": np.array([index], np.int64),
+             "sentences": f'["row {index}"]'} for index in range(2000))
+    layout = build_mindrecord.FileLayout([12_100] * 2000, num_shards=1)
+    assert layout.page_size == build_mindrecord.MIN_PAGE_SIZE
+    base = str(tmp_path / "many.mindrecord")
+    assert build_mindrecord.write_split(base, rows, 1, layout) == 2000
+    read = list(ds.MindDataset(base, columns_list=["image_id", "image"], shuffle=False)
+                .create_tuple_iterator(output_numpy=True, num_epochs=1))
+    assert [int(row[0]) for row in read] == list(range(2000))
+    assert read[-1][1].tobytes() == blob
