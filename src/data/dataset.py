@@ -1,12 +1,16 @@
 """MindRecord input pipeline: decode, squash-resize, normalise; one sentence per ref in training.
 
+A split is a MindRecord file set with one row per image (the image, its refs' masks) and an index
+`<name>.index.npz` (refs and sentences with their tokens); the pipeline plans which sentence goes with
+which image row in numpy and reads the rows in that order.
+
 Batches: image float32 (B, 3, S, S) ImageNet-normalised, input_ids int32 (B, T),
 attention_mask int32 (B, T), mask float32 (B, 1, S, S) in {0, 1}; with_ids=True adds
 ref_id and sent_id int64 (B,).
 """
 import os
 import re
-import threading
+import zipfile
 
 import cv2
 import numpy as np
@@ -20,7 +24,11 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DATA_COLUMNS = ["image", "input_ids", "attention_mask", "mask"]
 ID_COLUMNS = ["ref_id", "sent_id"]
-RECORD_COLUMNS = ["image", "mask", "input_ids", "attention_mask", "ref_id", "sent_id"]
+LAYOUT_VERSION = 2  # 1: one row per sentence (before the index file); 2: one row per image + index
+
+
+class LayoutError(ValueError):
+    """A converted split this version cannot read (older layout, corrupt or mismatched index)."""
 
 
 def mindrecord_name(dataset, split_by, split):
@@ -31,6 +39,11 @@ def mindrecord_name(dataset, split_by, split):
 def mindrecord_path(mindrecord_dir, dataset, split_by, split):
     """Base path of a split's file set; one file keeps this name, K > 1 files add 0..K-1."""
     return os.path.join(mindrecord_dir, mindrecord_name(dataset, split_by, split) + ".mindrecord")
+
+
+def index_path(mindrecord_dir, dataset, split_by, split):
+    """The split's index (refs, sentences, tokens) that goes with its MindRecord file set."""
+    return os.path.join(mindrecord_dir, mindrecord_name(dataset, split_by, split) + ".index.npz")
 
 
 def mindrecord_files(base_path):
@@ -104,144 +117,190 @@ def decode_mask(mask_bytes, image_size=None):
     return (mask > 0).astype(np.float32)[None]
 
 
+def ref_mask_bytes(masks, mask_ends, slot):
+    """The PNG of the image's ref number `slot` out of a row's concatenated masks."""
+    start = int(mask_ends[slot - 1]) if slot > 0 else 0
+    return np.asarray(masks).tobytes()[start:int(mask_ends[slot])]
+
+
 class _MaskOp:
-    """Picklable map operation for the mask column."""
+    """Picklable map operation: (masks, mask_ends, ref_slot) of a row -> that ref's mask (1, S, S)."""
 
     def __init__(self, image_size):
         self.image_size = image_size
 
-    def __call__(self, mask_bytes):
-        return decode_mask(np.asarray(mask_bytes).tobytes(), self.image_size)
+    def __call__(self, masks, mask_ends, ref_slot):
+        return decode_mask(ref_mask_bytes(masks, mask_ends, int(ref_slot)), self.image_size)
+
+
+class SplitTable:
+    """A split's index (written by the converter next to its MindRecord): one entry per image row, per ref
+    (ref_ids, ref_images = its image row, ref_slots = its place among that row's masks) and per sentence
+    (sent_ids, sent_refs = its ref's entry, input_ids and attention_mask (S, T)). Sentences are stored
+    grouped by ref, refs grouped by image row."""
+
+    FIELDS = ("image_ids", "ref_ids", "ref_images", "ref_slots", "sent_ids", "sent_refs", "input_ids",
+              "attention_mask")
+
+    def __init__(self, arrays):
+        for name in self.FIELDS:
+            setattr(self, name, arrays[name])
+        self.ref_first_sent = np.searchsorted(self.sent_refs, np.arange(len(self.ref_ids)))
+        self.ref_num_sents = np.bincount(self.sent_refs, minlength=len(self.ref_ids))
+
+    def training_plan(self, seed, epoch, rank_id, group_size):
+        """Sentence entries of this rank's share of an epoch: every ref once in an order drawn from
+        (seed, epoch), with one of its sentences drawn from the same generator; the order is cut r::G
+        after wrapping it to a multiple of G, so each rank gets ceil(refs / G)."""
+        rng = np.random.default_rng([abs(int(seed)), int(epoch)])
+        order = rng.permutation(len(self.ref_ids))
+        draws = rng.random(len(self.ref_ids))
+        chosen = self.ref_first_sent + np.minimum((draws * self.ref_num_sents).astype(np.int64),
+                                                  self.ref_num_sents - 1)
+        padded = np.concatenate([order, order[:(-len(order)) % group_size]])
+        return chosen[padded[rank_id::group_size]]
+
+    def evaluation_plan(self, rank_id, group_size):
+        """Sentence entries of this rank in stored order: all sentences of image rows r, r + G, ..."""
+        return np.flatnonzero(self.ref_images[self.sent_refs] % group_size == rank_id)
+
+    def sample_columns(self, sentences):
+        """Per-sentence columns of the plan `sentences` (entries of this table)."""
+        refs = self.sent_refs[sentences]
+        return {"image_row": self.ref_images[refs], "ref_slot": self.ref_slots[refs],
+                "input_ids": self.input_ids[sentences], "attention_mask": self.attention_mask[sentences],
+                "ref_id": self.ref_ids[refs], "sent_id": self.sent_ids[sentences]}
 
 
 _TABLES = {}
 
 
-def read_row_table(first_file):
-    """ref_id, sent_id, input_ids, attention_mask of every row (no image data), in stored order."""
-    stat = os.stat(first_file + ".db")
-    key = (os.path.abspath(first_file), stat.st_mtime_ns, stat.st_size)
+def reconvert_hint(dataset, split_by, mindrecord_dir):
+    return (f"reconvert it with: python -m src.data.build_mindrecord --dataset {dataset} "
+            f"--split_by {split_by} --mindrecord_dir {mindrecord_dir} ...")
+
+
+def load_split_table(first_file, index_file, hint):
+    """The SplitTable of a complete file set, checked against it; LayoutError when it is missing (a set
+    written by an older converter), of another layout, corrupt, or not the set's."""
+    if not os.path.isfile(index_file):
+        raise LayoutError(f"{first_file} has no index {os.path.basename(index_file)}: it was written by an older "
+                          f"converter (one row per sentence, layout 1); {hint}")
+    stat = os.stat(index_file)
+    key = (os.path.abspath(index_file), stat.st_mtime_ns, stat.st_size)
     if key not in _TABLES:
+        try:
+            with np.load(index_file, allow_pickle=False) as arrays:
+                layout = int(arrays["layout"])
+                if layout != LAYOUT_VERSION:
+                    raise LayoutError(f"{index_file} is data layout {layout}, this version reads layout "
+                                      f"{LAYOUT_VERSION}; {hint}")
+                table = SplitTable({name: arrays[name] for name in SplitTable.FIELDS})
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
+            if isinstance(err, LayoutError):
+                raise
+            raise LayoutError(f"{index_file} is corrupt or incomplete ({err}); {hint}") from None
+        rows = ds.MindDataset(first_file, columns_list=["image_id"], shuffle=False).get_dataset_size()
+        if rows != len(table.image_ids):
+            raise LayoutError(f"{first_file} holds {rows} images but its index {index_file} lists "
+                              f"{len(table.image_ids)}; {hint}")
         _TABLES.clear()
-        _TABLES[key] = _read_row_table(first_file)
+        _TABLES[key] = table
     return _TABLES[key]
 
 
-def _read_row_table(first_file):
-    columns = ["ref_id", "sent_id", "input_ids", "attention_mask"]
-    data = ds.MindDataset(first_file, columns_list=columns, shuffle=False, num_parallel_workers=1)
-    rows = list(data.create_tuple_iterator(output_numpy=True, num_epochs=1))
-    return {
-        "ref_id": np.array([int(row[0]) for row in rows], np.int64),
-        "sent_id": np.array([int(row[1]) for row in rows], np.int64),
-        "input_ids": np.stack([row[2] for row in rows]).astype(np.int32),
-        "attention_mask": np.stack([row[3] for row in rows]).astype(np.int32),
-    }
+def split_table(config, split):
+    """(first MindRecord file, SplitTable) of a split; clear errors when it is missing or outdated."""
+    first_file = find_mindrecord(config.mindrecord_dir, config.dataset, config.split_by, split)
+    hint = reconvert_hint(config.dataset, config.split_by, config.mindrecord_dir)
+    index_file = index_path(config.mindrecord_dir, config.dataset, config.split_by, split)
+    return first_file, load_split_table(first_file, index_file, hint)
 
 
-class SentencePicker:
-    """ref_id -> (input_ids, attention_mask, ref_id, sent_id) of a random sentence of that ref.
-
-    The k-th visit of a ref (its k-th epoch) draws from a generator seeded by (seed, ref_id, k),
-    so the choice changes every epoch yet does not depend on worker timing.
-    """
-
-    def __init__(self, table, seed, first_visit=0):
-        self.table = table
-        self.seed = int(seed)
-        self.first_visit = int(first_visit)
-        order = np.argsort(table["ref_id"], kind="stable")
-        refs, starts = np.unique(table["ref_id"][order], return_index=True)
-        self.rows = dict(zip(refs.tolist(), np.split(order, starts[1:])))
-        self.visits = {}
-        self._lock = threading.Lock()
-
-    def __call__(self, ref_id):
-        ref = int(ref_id)
-        with self._lock:
-            visit = self.visits.get(ref, self.first_visit)
-            self.visits[ref] = visit + 1
-        rows = self.rows[ref]
-        pick = rows[np.random.default_rng([abs(self.seed), abs(ref), visit]).integers(len(rows))]
-        return (self.table["input_ids"][pick], self.table["attention_mask"][pick],
-                np.int64(ref), np.int64(self.table["sent_id"][pick]))
+def _planned_source(first_file, table, sentences, workers):
+    """The image rows of the planned sentences, read in plan order, zipped with the sentences' columns."""
+    columns = table.sample_columns(sentences)
+    # MindDataset refuses a sampler with more indices than rows, so a plan that visits images several
+    # times (one entry per ref or per sentence) is read as a concatenation of pieces of at most that many.
+    rows = columns["image_row"].tolist()
+    piece = max(1, len(table.image_ids))
+    pieces = [ds.MindDataset(first_file, columns_list=["image", "masks", "mask_ends"],
+                             sampler=ds.SubsetSampler(rows[start:start + piece]), num_parallel_workers=workers)
+              for start in range(0, max(1, len(rows)), piece)]
+    records = pieces[0] if len(pieces) == 1 else pieces[0].concat(pieces[1:])
+    samples = ds.NumpySlicesDataset(columns, column_names=list(columns), shuffle=False)
+    return ds.zip((records, samples))
 
 
-def _training_source(config, first_file, rank_id, group_size, epoch):
-    """One row per ref (image and mask are the same for all its sentences), shuffled every epoch;
-    the sentence is then drawn per ref by SentencePicker."""
-    table = read_row_table(first_file)
-    _, first_rows = np.unique(table["ref_id"], return_index=True)
-    # DistributedSampler reshuffles every epoch (SubsetRandomSampler alone repeats its order) and
-    # its epoch e with seed s is epoch 0 with seed s + e, so a pipeline built for `epoch` starts
-    # where a straight run would be. With group_size > 1 each rank gets ceil(refs / group_size).
-    ds.config.set_seed(int(config.seed) + int(epoch))
-    sampler = ds.DistributedSampler(group_size, rank_id, shuffle=True)
-    sampler.add_child(ds.SubsetSampler(sorted(first_rows.tolist())))
-    data = ds.MindDataset(first_file, columns_list=["image", "mask", "ref_id"], sampler=sampler,
-                          num_parallel_workers=max(1, int(config.num_parallel_workers)))
-    return data.map(operations=SentencePicker(table, config.seed, epoch), input_columns=["ref_id"],
-                    output_columns=["input_ids", "attention_mask", "ref_id", "sent_id"],
-                    num_parallel_workers=1)
+class _EvalBatchOp:
+    """per_batch_map of the evaluation batches: an image (and a ref's mask) that several sentences of the
+    batch share is decoded and resized once."""
 
+    def __init__(self, image_size):
+        self.image_size = image_size
 
-def _evaluation_source(config, first_file, rank_id, group_size):
-    workers = max(1, int(config.num_parallel_workers))
-    if group_size == 1:
-        return ds.MindDataset(first_file, columns_list=RECORD_COLUMNS, shuffle=False,
-                              num_parallel_workers=workers)
-    # Uneven shards instead of MindDataset's wrap-around padding, so no row counts twice.
-    num_rows = ds.MindDataset(first_file, columns_list=ID_COLUMNS, shuffle=False).get_dataset_size()
-    sampler = ds.SubsetSampler(list(range(rank_id, num_rows, group_size)))
-    return ds.MindDataset(first_file, columns_list=RECORD_COLUMNS, sampler=sampler,
-                          num_parallel_workers=workers)
+    def __call__(self, images, masks, mask_ends, image_rows, ref_slots, batch_info):
+        decoded, ref_masks = {}, {}
+        out_images, out_masks = [], []
+        for image, row_masks, ends, row, slot in zip(images, masks, mask_ends, image_rows, ref_slots):
+            row, slot = int(row), int(slot)
+            if row not in decoded:
+                decoded[row] = preprocess_image(decode_image(np.asarray(image).tobytes()), self.image_size)
+            if (row, slot) not in ref_masks:
+                ref_masks[(row, slot)] = decode_mask(ref_mask_bytes(row_masks, ends, slot), self.image_size)
+            out_images.append(decoded[row])
+            out_masks.append(ref_masks[(row, slot)])
+        return out_images, out_masks
 
 
 def create_dataset(config, split, training, rank_id=0, group_size=1, with_ids=False, epoch=0, skip_batches=0):
-    """Batched pipeline of one split's MindRecord.
+    """Batched pipeline of one epoch of a split's MindRecord.
 
-    training: one random sentence per ref per epoch, seeded shuffle, drop_remainder=True, batch_size;
-    the first epoch drawn is `epoch` and its first `skip_batches` batches are left out (so a run resumed
-    at an epoch, or in the middle of one, sees the data a straight run would).
-    evaluation: every sentence in stored order, last batch may be smaller, eval_batch_size;
-    with group_size > 1 rank r reads rows r, r + group_size, ... (every row exactly once overall).
+    training: the plan of SplitTable.training_plan for (seed, `epoch`, rank): one random sentence per ref,
+    batch_size, drop_remainder=True; its first `skip_batches` batches are left out (so a run resumed at an
+    epoch, or in the middle of one, sees the data a straight run would).
+    evaluation: every sentence in stored order (image by image), last batch may be smaller,
+    eval_batch_size; with group_size > 1 rank r reads the sentences of images r, r + G, ... (every sentence
+    exactly once overall).
     """
     if not 0 <= rank_id < group_size:
         raise ValueError(f"rank_id {rank_id} must be in [0, {group_size})")
-    first_file = find_mindrecord(config.mindrecord_dir, config.dataset, config.split_by, split)
+    first_file, table = split_table(config, split)
     image_size = int(config.image_size)
     workers = max(1, int(config.num_parallel_workers))
     batch_size = int(config.batch_size if training else config.eval_batch_size)
     if training:
-        data = _training_source(config, first_file, rank_id, group_size, epoch)
-        if skip_batches > 0:
-            # After the sentence draw (a ref's sentence depends on how often it was drawn before, and a rank's
-            # share may hold a ref twice), before decoding (skipped images are never decoded).
-            data = data.skip(skip_batches * batch_size)
+        plan = table.training_plan(config.seed, epoch, rank_id, group_size)
+        plan = plan[:len(plan) // batch_size * batch_size][max(0, skip_batches) * batch_size:]
     else:
-        data = _evaluation_source(config, first_file, rank_id, group_size)
-    data = data.map(operations=[vision.Decode()] + _image_ops(image_size), input_columns=["image"],
-                    num_parallel_workers=workers)
-    data = data.map(operations=_MaskOp(image_size), input_columns=["mask"], num_parallel_workers=workers)
-    data = data.project(DATA_COLUMNS + (ID_COLUMNS if with_ids else []))
-    return data.batch(batch_size, drop_remainder=bool(training))
+        plan = table.evaluation_plan(rank_id, group_size)
+    data = _planned_source(first_file, table, plan, workers)
+    if training:
+        data = data.map(operations=[vision.Decode()] + _image_ops(image_size), input_columns=["image"],
+                        num_parallel_workers=workers)
+        data = data.map(operations=_MaskOp(image_size), input_columns=["masks", "mask_ends", "ref_slot"],
+                        output_columns=["mask"], num_parallel_workers=workers)
+        data = data.project(DATA_COLUMNS + (ID_COLUMNS if with_ids else []))
+        return data.batch(batch_size, drop_remainder=True)
+    data = data.batch(batch_size, drop_remainder=False, num_parallel_workers=workers,
+                      per_batch_map=_EvalBatchOp(image_size),
+                      input_columns=["image", "masks", "mask_ends", "image_row", "ref_slot"],
+                      output_columns=["image", "mask"])
+    return data.project(DATA_COLUMNS + (ID_COLUMNS if with_ids else []))
 
 
 def eval_sample_ids(config, split, rank_id=0, group_size=1):
-    """(ref_id, sent_id) arrays in the order create_dataset(training=False) yields the rows."""
-    first_file = find_mindrecord(config.mindrecord_dir, config.dataset, config.split_by, split)
-    table = read_row_table(first_file)
-    return table["ref_id"][rank_id::group_size], table["sent_id"][rank_id::group_size]
+    """(ref_id, sent_id) arrays in the order create_dataset(training=False) yields the samples."""
+    _, table = split_table(config, split)
+    plan = table.evaluation_plan(rank_id, group_size)
+    return table.ref_ids[table.sent_refs[plan]], table.sent_ids[plan]
 
 
 def check_token_ids(config, split):
     """Raises ValueError when a stored token id is >= config.vocab_size (a vocab.txt other than the
     model's was used for conversion); an out-of-range id would otherwise fail inside the graph."""
-    first_file = find_mindrecord(config.mindrecord_dir, config.dataset, config.split_by, split)
-    data = ds.MindDataset(first_file, columns_list=["input_ids"], shuffle=False, num_parallel_workers=1)
-    largest = -1
-    for (ids,) in data.create_tuple_iterator(output_numpy=True, num_epochs=1):
-        largest = max(largest, int(ids.max()))
+    first_file, table = split_table(config, split)
+    largest = int(table.input_ids.max()) if table.input_ids.size else -1
     if largest >= config.vocab_size:
         raise ValueError(f"{first_file} holds token id {largest}, but the model's vocab_size is {config.vocab_size}: "
                          "convert with the vocab.txt that matches the text encoder, or set --vocab_size")

@@ -11,10 +11,11 @@ import mindspore.dataset as ds
 
 from model_utils.config import get_config
 from src.data.build_mindrecord import build
-from src.data.dataset import (IMAGENET_MEAN, IMAGENET_STD, create_dataset, decode_image, eval_sample_ids,
-                              find_mindrecord, preprocess_image)
+from src.data.dataset import (IMAGENET_MEAN, IMAGENET_STD, LayoutError, check_token_ids, create_dataset,
+                              decode_image, eval_sample_ids, find_mindrecord, preprocess_image)
 from src.data.refer import Refer
 from src.data.synthetic import generate_synthetic
+from src.data.tokenizer import encode_sentence
 from tests.conftest import TINY_CONFIG
 
 SIZE = 48  # not the synthetic image size (64), so resizing is exercised
@@ -74,19 +75,16 @@ def test_training_batches_have_the_contract_shapes(mindrecord_dir):
 
 def test_training_is_one_sentence_per_ref_per_epoch(mindrecord_dir, refer):
     config = make_config(mindrecord_dir, batch_size=1)
-    data = create_dataset(config, "train", training=True, with_ids=True)
     train_refs = {ref["ref_id"]: ref for ref in refer.refs_of_split("train")}
-    assert data.get_dataset_size() == len(train_refs)
-    epochs = batches(data, epochs=3)
-    table_ids = dict(zip(*[array.tolist() for array in eval_sample_ids(config, "train")[::-1]]))
     choices, orders = [], []
-    for epoch in epochs:
+    for epoch_index in range(3):
+        data = create_dataset(config, "train", training=True, with_ids=True, epoch=epoch_index)
+        assert data.get_dataset_size() == len(train_refs)
+        epoch = batches(data)[0]
         ref_ids = [int(batch["ref_id"][0]) for batch in epoch]
         assert Counter(ref_ids) == Counter(list(train_refs))
         for batch in epoch[:10]:
-            ref_id, sent_id = int(batch["ref_id"][0]), int(batch["sent_id"][0])
-            assert table_ids[sent_id] == ref_id
-            np.testing.assert_array_equal(batch["mask"][0, 0], expected_mask(refer, ref_id))
+            np.testing.assert_array_equal(batch["mask"][0, 0], expected_mask(refer, int(batch["ref_id"][0])))
         for batch in epoch:
             sent_ids = [sentence["sent_id"] for sentence in train_refs[int(batch["ref_id"][0])]["sentences"]]
             assert int(batch["sent_id"][0]) in sent_ids
@@ -96,28 +94,37 @@ def test_training_is_one_sentence_per_ref_per_epoch(mindrecord_dir, refer):
     assert choices[0] != choices[1] or choices[1] != choices[2]
 
 
-def test_training_tokens_belong_to_the_chosen_sentence(mindrecord_dir):
+def test_training_tokens_belong_to_the_chosen_sentence(mindrecord_dir, synthetic_root, refer):
     config = make_config(mindrecord_dir, batch_size=1)
-    first = find_mindrecord(mindrecord_dir, "refcoco", "unc", "train")
-    rows = ds.MindDataset(first, columns_list=["sent_id", "input_ids"], shuffle=False)
-    tokens = {int(row["sent_id"]): row["input_ids"].tolist() for row in rows.create_dict_iterator(output_numpy=True)}
+    vocab = os.path.join(synthetic_root, "vocab.txt")
+    raw = {sentence["sent_id"]: sentence["raw"] for ref in refer.refs for sentence in ref["sentences"]}
     for batch in batches(create_dataset(config, "train", training=True, with_ids=True))[0]:
-        assert batch["input_ids"][0].tolist() == tokens[int(batch["sent_id"][0])]
+        ids, attention = encode_sentence(vocab, raw[int(batch["sent_id"][0])], config.max_tokens)
+        assert batch["input_ids"][0].tolist() == ids.tolist()
+        assert batch["attention_mask"][0].tolist() == attention.tolist()
+
+
+def test_training_data_does_not_depend_on_the_number_of_workers(mindrecord_dir):
+    def content(workers):
+        data = create_dataset(make_config(mindrecord_dir, batch_size=4, num_parallel_workers=workers), "train",
+                              training=True, with_ids=True, epoch=2)
+        return [(batch["sent_id"].tolist(), batch["image"].tobytes(), batch["mask"].tobytes())
+                for batch in batches(data)[0]]
+
+    assert content(1) == content(2)
 
 
 def test_training_is_seeded_and_resumable_by_epoch(mindrecord_dir):
     config = make_config(mindrecord_dir)
 
-    def sent_ids(data, epochs):
-        return [[int(x) for batch in epoch for x in batch["sent_id"]] for epoch in batches(data, epochs)]
+    def sent_ids(config, epoch):
+        data = create_dataset(config, "train", training=True, with_ids=True, epoch=epoch)
+        return [int(x) for batch in batches(data)[0] for x in batch["sent_id"]]
 
-    straight = sent_ids(create_dataset(config, "train", training=True, with_ids=True), 2)
-    again = sent_ids(create_dataset(config, "train", training=True, with_ids=True), 1)
-    resumed = sent_ids(create_dataset(config, "train", training=True, with_ids=True, epoch=1), 1)
-    assert again[0] == straight[0]
-    assert resumed[0] == straight[1]
-    other_seed = sent_ids(create_dataset(make_config(mindrecord_dir, seed=7), "train", training=True, with_ids=True), 1)
-    assert other_seed[0] != straight[0]
+    first, second = sent_ids(config, 0), sent_ids(config, 1)
+    assert sent_ids(config, 0) == first and sent_ids(config, 1) == second
+    assert first != second
+    assert sent_ids(make_config(mindrecord_dir, seed=7), 0) != first
 
 
 @pytest.mark.parametrize("rank_id, group_size", [(0, 1), (2, 3)])
@@ -158,7 +165,8 @@ def test_evaluation_yields_every_sentence_in_fixed_order(mindrecord_dir, refer):
     data = create_dataset(config, "val", training=False, with_ids=True)
     assert data.get_col_names() == ["image", "input_ids", "attention_mask", "mask", "ref_id", "sent_id"]
     first, second = batches(data, epochs=2)
-    expected = [sentence["sent_id"] for ref in refer.refs_of_split("val") for sentence in ref["sentences"]]
+    image_order = sorted(refer.refs_of_split("val"), key=lambda ref: (ref["image_id"], ref["ref_id"]))
+    expected = [sentence["sent_id"] for ref in image_order for sentence in ref["sentences"]]
     got = [int(x) for batch in first for x in batch["sent_id"]]
     assert got == expected == [int(x) for batch in second for x in batch["sent_id"]]
     assert eval_sample_ids(config, "val")[1].tolist() == expected
@@ -210,3 +218,51 @@ def test_missing_mindrecord_is_named(tmp_path):
     config = make_config(str(tmp_path), dataset="refcoco+")
     with pytest.raises(FileNotFoundError, match="refcocop_unc_val.mindrecord"):
         create_dataset(config, "val", training=True)
+
+
+def test_evaluation_decodes_an_image_once_per_batch_it_appears_in(mindrecord_dir, refer, monkeypatch):
+    from src.data import dataset as dataset_module
+    decoded = []
+    real_decode = dataset_module.decode_image
+    monkeypatch.setattr(dataset_module, "decode_image", lambda data: decoded.append(1) or real_decode(data))
+    config = make_config(mindrecord_dir, eval_batch_size=4)
+    ref_ids = eval_sample_ids(config, "val")[0].tolist()
+    image_of = {ref["ref_id"]: ref["image_id"] for ref in refer.refs}
+    expected = sum(len({image_of[ref_id] for ref_id in ref_ids[start:start + 4]})
+                   for start in range(0, len(ref_ids), 4))
+    batches(create_dataset(config, "val", training=False))
+    assert len(decoded) == expected < len(ref_ids)
+
+
+def _copy_set(mindrecord_dir, target, split="val"):
+    os.makedirs(target, exist_ok=True)
+    for name in os.listdir(mindrecord_dir):
+        if name.startswith(f"refcoco_unc_{split}."):
+            with open(os.path.join(mindrecord_dir, name), "rb") as source, \
+                    open(os.path.join(target, name), "wb") as copy:
+                copy.write(source.read())
+    return os.path.join(target, f"refcoco_unc_{split}.index.npz")
+
+
+def test_a_set_of_the_old_layout_is_refused_with_a_reconvert_hint(mindrecord_dir, tmp_path):
+    index = _copy_set(mindrecord_dir, str(tmp_path))
+    os.remove(index)
+    with pytest.raises(LayoutError, match="older converter.*reconvert it with: python -m src.data.build_mindrecord"):
+        create_dataset(make_config(str(tmp_path)), "val", training=False)
+
+
+def test_an_index_of_another_layout_or_set_or_corrupt_is_refused(mindrecord_dir, tmp_path):
+    index = _copy_set(mindrecord_dir, str(tmp_path))
+    with np.load(index) as arrays:
+        contents = dict(arrays)
+    config = make_config(str(tmp_path))
+    np.savez(index, **{**contents, "layout": np.int64(1)})
+    with pytest.raises(LayoutError, match="layout 1, this version reads layout 2"):
+        check_token_ids(config, "val")
+    np.savez(index, **{**contents, "image_ids": contents["image_ids"][:-1]})
+    with pytest.raises(LayoutError, match="holds 4 images but its index .* lists 3"):
+        check_token_ids(config, "val")
+    with open(index, "wb") as handle:
+        handle.write(b"PK\x03\x04 not a zip")
+    with pytest.raises(LayoutError, match="refcoco_unc_val.index.npz is corrupt"):
+        eval_sample_ids(config, "val")
