@@ -88,13 +88,16 @@ def evaluate_split(net, dataset, description="eval", per_sample_file=None, split
     """Metrics of DESIGN section 5 of `net` on `dataset` (batches with ref_id and sent_id).
 
     With `ranks` (a RankGroup of several ranks), `dataset` is this rank's shard of the split; the
-    per-sample counts of all shards are gathered back into stored order on every rank, so every rank
-    returns the metrics a single process computes, to the last digit. `per_sample_file` (give it on
-    one rank only) gets one JSON line per sample of the whole split.
+    per-sample counts of all shards are gathered on every rank and, like a single process's, put in
+    sent_id order, so every rank returns the metrics a single process computes, to the last digit.
+    `per_sample_file` (give it on one rank only) gets one JSON line per sample of the whole split, in
+    sent_id order.
     """
     rows = predict_counts(net, dataset, description)
     if ranks is not None:
-        rows = ranks.gather_shards(rows)
+        rows = ranks.gather_rows(rows)
+    # One order however the split was sharded, so every rank's sums run in the same order.
+    rows = rows[np.argsort(rows[:, 1], kind="stable")]
     metrics = RefSegMetrics()
     ious = metrics.add_counts(rows[:, 2], rows[:, 3])
     if per_sample_file is not None:

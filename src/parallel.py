@@ -1,5 +1,5 @@
 """A process's place in a data-parallel job and the few collectives that run outside the training graph:
-reassembling evaluation shards and checking that every rank holds the same weights.
+gathering evaluation shards and checking that every rank holds the same weights.
 
 MindSpore's CPU backend offers sum all-reduce (float32) and all-gather only; both are enough here, and
 all-gather of int64 keeps pixel counts exact.
@@ -35,12 +35,11 @@ class RankGroup:
         from mindspore import ops
         return ops.AllGather()(ms.Tensor(np.ascontiguousarray(array, np.int64))).asnumpy()
 
-    def gather_shards(self, rows):
-        """Rows (n_r, K) int64 of this rank's shard (stored rows r, r + G, r + 2G, ...) -> every rank's rows
-        (N, K) in stored order, on every rank.
+    def gather_rows(self, rows):
+        """Rows (n_r, K) int64 of this rank -> every rank's rows (sum n_r, K), rank 0's first, on every rank.
 
-        Shards differ in length by one at most (uneven sharding, no padding rows), so they are padded
-        to the longest for the all-gather and the padding is dropped while interleaving them back.
+        Ranks may hold different numbers of rows (evaluation shards by image), so they are padded to the
+        longest for the all-gather and the padding is dropped afterwards.
         """
         rows = np.asarray(rows, np.int64).reshape(len(rows), -1)
         if not self.distributed:
@@ -49,7 +48,7 @@ class RankGroup:
         longest = int(counts.max())
         padded = np.zeros((longest, rows.shape[1]), np.int64)
         padded[:len(rows)] = rows
-        return interleave_shards(self.all_gather(padded).reshape(self.group_size, longest, rows.shape[1]), counts)
+        return unpad_shards(self.all_gather(padded).reshape(self.group_size, longest, rows.shape[1]), counts)
 
     def same_on_all_ranks(self, digest):
         """True when the int64 `digest` (e.g. `weights_digest`) is identical on every rank."""
@@ -57,13 +56,10 @@ class RankGroup:
         return bool((gathered == gathered[0]).all())
 
 
-def interleave_shards(shards, counts):
-    """Padded shards (G, L, K), shard r holding stored rows r, r + G, ... in its first counts[r] slots
-    -> the rows (sum(counts), K) in stored order."""
-    longest, width = shards.shape[1], shards.shape[2]
-    interleaved = shards.transpose(1, 0, 2).reshape(-1, width)
-    valid = (np.arange(longest)[:, None] < np.asarray(counts)[None, :]).reshape(-1)
-    return interleaved[valid]
+def unpad_shards(shards, counts):
+    """Padded shards (G, L, K), shard r holding its rows in its first counts[r] slots -> the rows
+    (sum(counts), K), shard 0's first."""
+    return np.concatenate([shard[:count] for shard, count in zip(shards, np.asarray(counts).tolist())])
 
 
 def weights_digest(net):

@@ -1,29 +1,27 @@
-"""RankGroup on one process, and the interleaving that puts evaluation shards back into stored order."""
+"""RankGroup on one process, and the unpadding of gathered evaluation shards."""
 import numpy as np
 import pytest
 
 import mindspore as ms
 import mindspore.nn as nn
 
-from src.parallel import RankGroup, interleave_shards, weights_digest
+from src.parallel import RankGroup, unpad_shards, weights_digest
 
 
-@pytest.mark.parametrize("total,group_size", [(7, 3), (6, 3), (1, 2), (5, 1), (9, 4)])
-def test_interleaved_shards_are_the_stored_rows(total, group_size):
-    rows = np.stack([np.arange(total), 10 * np.arange(total)], axis=1)
-    shards = [rows[rank::group_size] for rank in range(group_size)]
-    longest = max(len(shard) for shard in shards)
-    padded = np.full((group_size, longest, 2), -1)
-    for rank, shard in enumerate(shards):
-        padded[rank, :len(shard)] = shard
-    restored = interleave_shards(padded, [len(shard) for shard in shards])
-    np.testing.assert_array_equal(restored, rows)
+@pytest.mark.parametrize("counts", [(3, 2, 2), (0, 4), (1,), (5, 0, 2, 1)])
+def test_unpadded_shards_are_every_rank_s_rows_in_rank_order(counts):
+    rows = np.stack([np.arange(sum(counts)), 10 * np.arange(sum(counts))], axis=1)
+    bounds = np.cumsum((0,) + counts)
+    padded = np.full((len(counts), max(counts), 2), -1)
+    for rank, count in enumerate(counts):
+        padded[rank, :count] = rows[bounds[rank]:bounds[rank + 1]]
+    np.testing.assert_array_equal(unpad_shards(padded, counts), rows)
 
 
 def test_one_rank_is_the_identity():
     ranks = RankGroup()
     rows = np.arange(12).reshape(4, 3)
-    np.testing.assert_array_equal(ranks.gather_shards(rows), rows)
+    np.testing.assert_array_equal(ranks.gather_rows(rows), rows)
     assert ranks.same_on_all_ranks(12345) and ranks.is_main and not ranks.distributed
 
 
