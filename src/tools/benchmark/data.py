@@ -188,13 +188,15 @@ def decode_limit(paths, count):
     normalisation, over `count` images cycling over the files (read into memory first)."""
     import cv2
     blobs = [np.fromfile(path, np.uint8) for path in paths]
-    # imdecode gives BGR: the mean and std reversed are the RGB normalisation, channels in BGR order
-    mean, std = IMAGENET_MEAN[::-1].copy(), IMAGENET_STD[::-1].copy()
+    # imdecode gives BGR: the mean and std reversed are the RGB normalisation, channels in BGR order.
+    # cv2's per-channel arithmetic (4-tuples) is ~3x faster than numpy's (x - mean) / std at 480x480.
+    mean = tuple(float(value) for value in IMAGENET_MEAN[::-1]) + (0.0,)
+    scale = tuple(float(value) for value in 1.0 / IMAGENET_STD[::-1]) + (0.0,)
     size = (PIPELINE_IMAGE_SIZE, PIPELINE_IMAGE_SIZE)
 
     def one(blob):
         image = cv2.resize(cv2.imdecode(blob, cv2.IMREAD_COLOR), size, interpolation=cv2.INTER_LINEAR)
-        return (image.astype(np.float32) - mean) / std
+        return cv2.multiply(cv2.subtract(image.astype(np.float32), mean), scale)
 
     threads = cv2.getNumThreads()
     cv2.setNumThreads(1)
