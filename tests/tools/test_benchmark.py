@@ -112,3 +112,32 @@ def test_statistics_and_arguments():
     assert thread_list("2,1,2") == [2, 1]
     with pytest.raises(Exception):
         thread_list("0")
+
+
+def test_benchmark_data_part(tmp_path):
+    data_dir = tmp_path / "data"
+    extra = ("--parts", "data", "--data_dir", str(data_dir), "--data_images", "12", "--data_image_size", "96x64",
+             "--data_batches", "2", "--data_batch_size", "2")
+    report, result = run_benchmark(tmp_path, *extra)
+    data = report["parts"]["data"]
+    assert data["num_images"] == 12 and data["pipeline_image_size"] == 480 and data["batch_size"] == 2
+    assert data["generate_s"] > 0 and data["peak_rss_mb"] > 0
+    conversion = data["conversion"]
+    assert conversion["splits"] == ["train", "val"]
+    assert 0 < conversion["images"] <= 12 and conversion["sentences"] >= conversion["images"]
+    for key in ("wall_s", "images_per_s", "sentences_per_s", "peak_rss_mb", "jpeg_bytes", "mindrecord_bytes",
+                "mindrecord_disk_bytes", "size_ratio", "disk_ratio"):
+        assert conversion[key] > 0, key
+    for key, split in (("train", "train"), ("eval", "val")):
+        assert [record["workers"] for record in data[key]] == [1, 2]
+        for record in data[key]:
+            assert record["split"] == split and record["samples"] > 0 and record["samples_per_s"] > 0
+            assert record["median_ms"] > 0 and record["first_call_s"] > 0
+    assert data["train"][0]["samples"] == 4  # 2 batches of 2 after the warm-up batches
+    assert data["decode_limit"]["samples"] == 4 and data["decode_limit"]["samples_per_s"] > 0
+    assert all(value > 0 for value in data["ratios"].values())
+    assert "### Data: synthetic set of 12 images 96x64" in result.stdout and "decode limit" in result.stdout
+    # A second run reuses the set in --data_dir (and converts it again).
+    report, result = run_benchmark(tmp_path, *extra)
+    assert report["parts"]["data"]["generate_s"] == 0 and "(reused)" in result.stdout
+    assert report["parts"]["data"]["conversion"]["images"] == conversion["images"]

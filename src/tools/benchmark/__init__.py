@@ -2,7 +2,8 @@
 
     python -m src.tools.benchmark [--config_path default_config.yaml] [--runs 10] [--warmup 2]
         [--json out.json] [--no_torch] [--parts encoders,inference,train] [--train_batch 2]
-        [--ms_threads N] [--torch_threads N,1] [--<config key> <value> ...]
+        [--ms_threads N] [--torch_threads N,1] [--data_dir D] [--data_images 200] [--data_image_size 640x480]
+        [--data_batches 20] [--data_batch_size 8] [--<config key> <value> ...]
 
 Parts, each measured in its own child process (so that its peak resident memory is its own):
   encoders   our Swin and BERT (GRAPH_MODE) and the same architectures in PyTorch transformers
@@ -13,6 +14,12 @@ Parts, each measured in its own child process (so that its peak resident memory 
   train      one training step (forward, backward, clipping, AdamWeightDecay) at --train_batch.
   stages     (not run by default) the blocks of each Swin stage, MindSpore against PyTorch, to see
              where the time goes.
+  data       (not run by default) the input side, on a synthetic set of --data_images images (generated
+             in --data_dir, or reused from it): REFER -> MindRecord conversion of train and val in its own
+             process (wall time, images/s, sentences/s, peak RSS, size against the JPEGs), then the train
+             and eval pipelines (create_dataset at image 480, 1 and 2 workers, samples/s after 2 warm-up
+             batches) and a one-thread cv2 decode + resize + normalise loop over the same JPEGs (the
+             decode limit). Data settings come from tiny_config.yaml whatever --config_path says.
 
 Threads: MindSpore uses --ms_threads CPU kernel threads (default: all cores). PyTorch is timed at
 each count of --torch_threads (default: all cores, then 1): on a CPU shared with other work, OpenMP

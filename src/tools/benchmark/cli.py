@@ -18,7 +18,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 DEFAULT_CONFIG = os.path.join(ROOT, "default_config.yaml")
-ALL_PARTS = ("encoders", "inference", "train", "stages")
+ALL_PARTS = ("encoders", "inference", "train", "stages", "data")
 DEFAULT_PARTS = "encoders,inference,train"
 
 
@@ -26,8 +26,9 @@ def part_function(part):
     """The function that measures `part` (imported in the child only: the parent needs no MindSpore)."""
     from .encoders import part_encoders, part_stages
     from .coupalign import part_inference, part_train
+    from .data import part_data
     return {"encoders": part_encoders, "inference": part_inference, "train": part_train,
-            "stages": part_stages}[part]
+            "stages": part_stages, "data": part_data}[part]
 
 
 def run_child(args, config_argv):
@@ -63,7 +64,11 @@ def child_command(part, args, config_argv, result_path):
                "--config_path", args.config_path, "--runs", str(args.runs), "--warmup", str(args.warmup),
                "--train_batch", str(args.train_batch), "--ms_threads", str(args.ms_threads),
                "--lead_in", str(args.lead_in),
-               "--torch_threads", ",".join(str(threads) for threads in args.torch_threads)]
+               "--torch_threads", ",".join(str(threads) for threads in args.torch_threads),
+               "--data_images", str(args.data_images), "--data_batches", str(args.data_batches),
+               "--data_batch_size", str(args.data_batch_size), "--data_image_size", args.data_image_size]
+    if args.data_dir:
+        command += ["--data_dir", os.path.abspath(args.data_dir)]
     if args.no_torch:
         command.append("--no_torch")
     if args.recursion_limit:
@@ -127,12 +132,23 @@ def parse_args(argv):
                         help="PyTorch intra-op thread counts to time, comma list; the first is the main one")
     parser.add_argument("--recursion_limit", type=int, default=0,
                         help="mindspore.set_recursion_limit before compiling (0: MindSpore's default, 1000)")
+    parser.add_argument("--data_dir", default="",
+                        help="data part: keep (and reuse) the synthetic set and its MindRecord here "
+                             "(default: a temporary folder)")
+    parser.add_argument("--data_images", type=int, default=200, help="data part: synthetic images")
+    parser.add_argument("--data_image_size", default="640x480", help="data part: synthetic image WIDTHxHEIGHT")
+    parser.add_argument("--data_batches", type=int, default=20,
+                        help="data part: batches timed per pipeline, after 2 warm-up batches")
+    parser.add_argument("--data_batch_size", type=int, default=8, help="data part: pipeline batch size")
     parser.add_argument("--child", choices=ALL_PARTS, help=argparse.SUPPRESS)
     parser.add_argument("--child_result", help=argparse.SUPPRESS)
     args, config_argv = parser.parse_known_args(argv)
     args.config_path = os.path.abspath(args.config_path)
     if args.runs < 1 or args.warmup < 0 or args.train_batch < 1 or args.ms_threads < 1:
         parser.error("--runs, --train_batch and --ms_threads must be at least 1, --warmup at least 0")
+    if args.data_images < 4 or args.data_batches < 1 or args.data_batch_size < 1:
+        parser.error("--data_images must be at least 4 (one per split), --data_batches and --data_batch_size "
+                     "at least 1")
     args.part_list = [part.strip() for part in args.parts.split(",") if part.strip()]
     unknown = [part for part in args.part_list if part not in ALL_PARTS]
     if unknown or not args.part_list:

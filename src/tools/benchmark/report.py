@@ -51,6 +51,8 @@ def part_rows(part, result):
         return encoder_rows(result)
     if part == "inference":
         return [table_row("CoupAlign inference (B=1)", "MindSpore", result["mindspore"], result["peak_rss_mb"])]
+    if part == "data":
+        return data_rows(result)
     if part == "train":
         return [table_row(f"CoupAlign train step (B={result['batch']})", "MindSpore", result["mindspore"],
                           result["peak_rss_mb"])]
@@ -79,6 +81,7 @@ def markdown_report(report):
     lines.append("")
     lines += encoder_notes(report["parts"].get("encoders"))
     lines += train_notes(report["parts"].get("train"))
+    lines += data_notes(report["parts"].get("data"))
     return "\n".join(lines)
 
 
@@ -121,3 +124,54 @@ def encoder_notes(result):
                  f"{parity['tolerance']:g}). PyTorch attention: {result.get('torch_attn_implementation')}.")
     return lines
 
+
+
+def pipeline_label(record):
+    return (f"{'train' if record['training'] else 'eval'} pipeline ({record['split']}, B={record['batch_size']}), "
+            "ms per batch")
+
+
+def data_rows(result):
+    """Main-table rows of the data part: per-batch times (first call = start-up to the first batch)."""
+    rows = [table_row(pipeline_label(record), f"MindSpore dataset ({plural(record['workers'], 'worker')})", record)
+            for record in result["train"] + result["eval"]]
+    rows.append(table_row("decode limit, ms per image", "cv2 (1 thread)", result["decode_limit"],
+                          f"{result['peak_rss_mb']:.0f} (process)"))
+    return rows
+
+
+def megabytes(count):
+    return f"{count / 2 ** 20:.1f} MB"
+
+
+def data_notes(result):
+    """The data part's own table: conversion, sizes, throughput and the ratios asked for."""
+    if not result or "error" in result:
+        return []
+    conversion, ratios, decode = result["conversion"], result["ratios"], result["decode_limit"]
+    reused = "reused" if result["generate_s"] == 0 else f"generated in {result['generate_s']:.1f} s"
+    lines = ["", f"### Data: synthetic set of {result['num_images']} images {result['source_image_size']} "
+             f"({reused}), pipelines at image {result['pipeline_image_size']}, batch {result['batch_size']}", "",
+             "| data | throughput | ratio | peak RSS MB |", "|---|---|---|---|",
+             f"| conversion of {', '.join(conversion['splits'])}: {conversion['images']} images, "
+             f"{conversion['sentences']} sentences, {conversion['wall_s']:.1f} s | "
+             f"{conversion['images_per_s']:.1f} images/s, {conversion['sentences_per_s']:.1f} sentences/s | | "
+             f"{conversion['peak_rss_mb']:.0f} |",
+             f"| decode limit: cv2 decode + resize + normalise, 1 thread | {decode['samples_per_s']:.1f} images/s "
+             "| | |"]
+    for key in ("train", "eval"):
+        for record in result[key]:
+            if record["workers"] == 1:
+                ratio = (f"{ratios['train_1_worker_over_decode_limit']:.2f} of the decode limit"
+                         if key == "train" else "")
+            else:
+                ratio = f"{ratios[f'{key}_2_over_1_workers']:.2f}x 1 worker"
+            lines.append(f"| {key} pipeline, {plural(record['workers'], 'worker')} | "
+                         f"{record['samples_per_s']:.1f} samples/s | {ratio} | |")
+    lines += ["", f"Converted size: JPEGs {megabytes(conversion['jpeg_bytes'])} -> MindRecord "
+              f"{megabytes(conversion['mindrecord_bytes'])} apparent ({conversion['size_ratio']:.2f}x), "
+              f"{megabytes(conversion['mindrecord_disk_bytes'])} on disk ({conversion['disk_ratio']:.2f}x). "
+              "Conversion peak RSS is that of its own process (MindSpore imported). Pipelines: batches timed "
+              "after 2 warm-up batches (fewer when a split is short), first call = start-up to the first batch; "
+              "decode limit: the train images read into memory, timed after one untimed image."]
+    return lines
