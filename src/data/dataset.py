@@ -196,9 +196,9 @@ def load_split_table(first_file, index_file, hint):
                     raise LayoutError(f"{index_file} is data layout {layout}, this version reads layout "
                                       f"{LAYOUT_VERSION}; {hint}")
                 table = SplitTable({name: arrays[name] for name in SplitTable.FIELDS})
+        except LayoutError:
+            raise
         except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
-            if isinstance(err, LayoutError):
-                raise
             raise LayoutError(f"{index_file} is corrupt or incomplete ({err}); {hint}") from None
         rows = ds.MindDataset(first_file, columns_list=["image_id"], shuffle=False).get_dataset_size()
         if rows != len(table.image_ids):
@@ -245,7 +245,7 @@ class _EvalBatchOp:
         for image, row_masks, ends, row, slot in zip(images, masks, mask_ends, image_rows, ref_slots):
             row, slot = int(row), int(slot)
             if row not in decoded:
-                decoded[row] = preprocess_image(decode_image(np.asarray(image).tobytes()), self.image_size)
+                decoded[row] = preprocess_image(np.asarray(image).tobytes(), self.image_size)
             if (row, slot) not in ref_masks:
                 ref_masks[(row, slot)] = decode_mask(ref_mask_bytes(row_masks, ends, slot), self.image_size)
             out_images.append(decoded[row])
@@ -292,8 +292,8 @@ def create_dataset(config, split, training, rank_id=0, group_size=1, with_ids=Fa
 def eval_sample_ids(config, split, rank_id=0, group_size=1):
     """(ref_id, sent_id) arrays in the order create_dataset(training=False) yields the samples."""
     _, table = split_table(config, split)
-    plan = table.evaluation_plan(rank_id, group_size)
-    return table.ref_ids[table.sent_refs[plan]], table.sent_ids[plan]
+    columns = table.sample_columns(table.evaluation_plan(rank_id, group_size))
+    return columns["ref_id"], columns["sent_id"]
 
 
 def check_token_ids(config, split):
