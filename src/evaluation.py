@@ -6,6 +6,8 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
+from .data.dataset import raising_decode_errors
+
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
 
@@ -74,12 +76,14 @@ def predict_counts(net, dataset, description="eval"):
     rows = []
     iterator = dataset.create_tuple_iterator(num_epochs=1)
     # disable=None: a progress bar on a terminal, none in log files.
-    for batch in tqdm(iterator, total=dataset.get_dataset_size(), desc=description, file=sys.stdout, leave=False,
-                      disable=None):
-        image, input_ids, attention_mask, mask, ref_id, sent_id = batch[:6]
-        logits = net(image, input_ids, attention_mask).asnumpy()
-        inter, union = intersection_union(logits[:, 0] > 0, mask.asnumpy()[:, 0] > 0.5)
-        rows.append(np.stack([ref_id.asnumpy().reshape(-1), sent_id.asnumpy().reshape(-1), inter, union], axis=1))
+    with raising_decode_errors():
+        for batch in tqdm(iterator, total=dataset.get_dataset_size(), desc=description, file=sys.stdout,
+                          leave=False, disable=None):
+            image, input_ids, attention_mask, mask, ref_id, sent_id = batch[:6]
+            logits = net(image, input_ids, attention_mask).asnumpy()
+            inter, union = intersection_union(logits[:, 0] > 0, mask.asnumpy()[:, 0] > 0.5)
+            rows.append(np.stack([ref_id.asnumpy().reshape(-1), sent_id.asnumpy().reshape(-1), inter, union],
+                                 axis=1))
     net.set_train(was_training)
     return np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, 4), np.int64)
 

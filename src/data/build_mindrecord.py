@@ -3,7 +3,7 @@
 python -m src.data.build_mindrecord --refer_data_root R --image_root I --dataset refcoco \
     --split_by unc --vocab_file V --mindrecord_dir M [--splits train,val] [--num_shards K] [--skip_bad]
 
-Layout 2 (docs/data_preparation.md): each image is stored once, with the PNG masks of its refs; the
+Layout 3 (docs/data_preparation.md): each image is stored once, with the masks of its refs; the
 sentences (ids and tokens) live in a small side file `<name>.index.npz` that the pipeline reads to draw
 one sentence per ref (training) or to walk every sentence (evaluation). Each set is written in a hidden
 temporary folder of mindrecord_dir and moved into place when complete; the first file's .db index is
@@ -21,7 +21,8 @@ from tqdm import tqdm
 from mindspore.mindrecord import FileWriter
 
 from model_utils.config import ConfigError, get_config
-from src.data.dataset import LAYOUT_VERSION, index_path, mindrecord_files, mindrecord_name, mindrecord_path
+from src.data.dataset import (LAYOUT_VERSION, encode_mask, index_path, mask_bytes_bound, mindrecord_files,
+                              mindrecord_name, mindrecord_path)
 from src.data.refer import Refer, ReferError
 from src.data.tokenizer import VocabError, build_tokenizer
 from src.files import atomic_path
@@ -38,7 +39,6 @@ MIN_HEADER_SIZE = 64 * 1024
 MAX_HEADER_SIZE = 128 * 1024 * 1024
 HEADER_BYTES_PER_PAGE = 1024
 RAW_BYTES_PER_ROW = 512  # image_id, sizes, ref ids and the sentences' text of a row (raw pages)
-MASK_VALUE = 255  # masks are stored as PNG uint8 with 0 = background, 255 = object
 
 
 class DataError(RuntimeError):
@@ -46,8 +46,8 @@ class DataError(RuntimeError):
 
 
 def record_schema():
-    """One row per image: the encoded image, its refs' masks (PNGs back to back, mask_ends[k] is where
-    ref k's ends), the refs' ids in that order and the sentences' text (JSON, for inspection only)."""
+    """One row per image: the encoded image, its refs' masks (encode_mask's bytes back to back, mask_ends[k]
+    is where ref k's end), the refs' ids in that order and the sentences' text (JSON, for inspection only)."""
     return {
         "image_id": {"type": "int64"},
         "height": {"type": "int32"},
@@ -58,13 +58,6 @@ def record_schema():
         "ref_ids": {"type": "int64", "shape": [-1]},
         "sentences": {"type": "string"},
     }
-
-
-def encode_mask_png(mask):
-    ok, buffer = cv2.imencode(".png", (mask > 0).astype(np.uint8) * MASK_VALUE)
-    if not ok:
-        raise DataError("cannot PNG-encode a mask")
-    return buffer.tobytes()
 
 
 def read_image(path, height, width):
@@ -162,7 +155,7 @@ def iter_rows(refer, groups, tokenizer, index, skip_bad, stats):
             stats.skipped += [(sentence["sent_id"], ref["ref_id"], image_id, str(err))
                               for ref in image_refs for sentence in ref["sentences"]]
             continue
-        masks = [encode_mask_png(refer.ref_mask(ref)) for ref in image_refs]
+        masks = [encode_mask(refer.ref_mask(ref)) for ref in image_refs]
         tokens = [encode_sentences(ref, tokenizer, index.max_tokens, stats) for ref in image_refs]
         index.add_image(image_id, image_refs, tokens)
         stats.images.add(image_id)
@@ -205,13 +198,13 @@ class FileLayout:
 
     @staticmethod
     def of_images(refer, groups):
-        """Upper bounds of the rows' blob bytes: the image file, and per mask PNG one bit per pixel (what
-        deflate needs at worst for a binary mask) plus PNG overhead, plus the ref ids and mask ends."""
+        """Upper bounds of the rows' blob bytes: the image file, and per mask encode_mask's bound, plus
+        the ref ids and mask ends."""
         sizes = []
         for image_id, image_refs in groups:
             path = refer.image_path(image_id)
             info = refer.image_info(image_id)
-            mask_bound = int(info["width"]) * int(info["height"]) // 8 + 4096
+            mask_bound = mask_bytes_bound(info["height"], info["width"])
             sizes.append((os.path.getsize(path) if os.path.isfile(path) else 0)
                          + len(image_refs) * (mask_bound + 16))
         return sizes

@@ -8,15 +8,15 @@ Batches: image float32 (B, 3, S, S) ImageNet-normalised, input_ids int32 (B, T),
 attention_mask int32 (B, T), mask float32 (B, 1, S, S) in {0, 1}; with_ids=True adds
 ref_id and sent_id int64 (B,).
 """
+import contextlib
 import os
 import re
 import zipfile
+import zlib
 
 import cv2
 import numpy as np
 import mindspore.dataset as ds
-import mindspore.dataset.vision as vision
-from mindspore.dataset.vision import Inter
 
 from src.data.refer import file_tag
 
@@ -24,7 +24,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DATA_COLUMNS = ["image", "input_ids", "attention_mask", "mask"]
 ID_COLUMNS = ["ref_id", "sent_id"]
-LAYOUT_VERSION = 2  # 1: one row per sentence (before the index file); 2: one row per image + index
+# 1: one row per sentence (before the index file); 2: one row per image + index, PNG masks;
+# 3: masks as zlib-compressed bits (encode_mask)
+LAYOUT_VERSION = 3
 
 
 class LayoutError(ValueError):
@@ -75,62 +77,105 @@ def find_mindrecord(mindrecord_dir, dataset, split_by, split):
     return first
 
 
-def _image_ops(image_size):
-    mean = [255.0 * value for value in IMAGENET_MEAN]
-    std = [255.0 * value for value in IMAGENET_STD]
-    return [vision.Resize((image_size, image_size), Inter.LINEAR),
-            vision.Normalize(mean=mean, std=std),
-            vision.HWC2CHW()]
+# ImageNet normalisation as one multiply-add per channel: (x / 255 - mean) / std = x * SCALE + OFFSET.
+_CHANNEL_SCALE = tuple(1.0 / (255.0 * std) for std in IMAGENET_STD)
+_CHANNEL_OFFSET = tuple(-mean / std for mean, std in zip(IMAGENET_MEAN, IMAGENET_STD))
 
 
-_EAGER_OPS = {}
+class DecodeError(ValueError):
+    """Stored bytes that do not decode as an image or a mask."""
+
+
+@contextlib.contextmanager
+def raising_decode_errors():
+    """Re-raises a DecodeError of a pipeline worker, which MindSpore wraps in a RuntimeError with its stack, as
+    the DecodeError itself, so that a bad stored image or mask ends the run with one line naming it."""
+    try:
+        yield
+    except RuntimeError as err:
+        found = re.search(r"DecodeError: (image_id [^\n]*)", str(err))
+        if found is None:
+            raise
+        raise DecodeError(f"{found.group(1)}; the converted set is damaged: convert it again") from None
+
+
+def _decode_bgr(image_bytes):
+    """Encoded image bytes -> BGR uint8 (H, W, 3) (OpenCV's channel order); DecodeError when they do not decode."""
+    buffer = np.frombuffer(image_bytes, np.uint8)
+    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
+    if image is None:
+        raise DecodeError("cannot decode the image bytes (corrupt or not an image)")
+    return image
 
 
 def decode_image(image_bytes):
-    """Encoded image bytes -> RGB uint8 (H, W, 3), with the pipeline's decoder."""
-    if "decode" not in _EAGER_OPS:
-        _EAGER_OPS["decode"] = vision.Decode()
-    return _EAGER_OPS["decode"](np.frombuffer(image_bytes, np.uint8))
+    """Encoded image bytes -> RGB uint8 (H, W, 3)."""
+    return cv2.cvtColor(_decode_bgr(image_bytes), cv2.COLOR_BGR2RGB)
+
+
+def _normalise_into(image_uint8_hwc, image_size, out, bgr):
+    """Bilinear squash of an (H, W, 3) uint8 image to S x S, normalised into out float32 (3, S, S) in RGB order.
+
+    Per-channel cv2 calls on planes are about 2x faster than numpy's (x - mean) / std followed by a
+    transpose, which matters: this is most of the pipeline's work per sample."""
+    resized = cv2.resize(image_uint8_hwc, (image_size, image_size), interpolation=cv2.INTER_LINEAR)
+    planes = cv2.split(resized)
+    if bgr:
+        planes = planes[::-1]
+    for channel, plane in enumerate(planes):
+        cv2.addWeighted(plane, _CHANNEL_SCALE[channel], plane, 0.0, _CHANNEL_OFFSET[channel],
+                        dst=out[channel], dtype=cv2.CV_32F)
+    return out
 
 
 def preprocess_image(rgb_uint8_hwc, image_size):
     """RGB uint8 (H, W, 3) (or encoded bytes) -> float32 (3, S, S): bilinear squash + ImageNet norm."""
+    out = np.empty((3, image_size, image_size), np.float32)
     if isinstance(rgb_uint8_hwc, (bytes, bytearray)):
-        rgb_uint8_hwc = decode_image(rgb_uint8_hwc)
+        return _normalise_into(_decode_bgr(rgb_uint8_hwc), image_size, out, bgr=True)
     image = np.ascontiguousarray(rgb_uint8_hwc, dtype=np.uint8)
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an RGB image (H, W, 3), got shape {image.shape}")
-    if image_size not in _EAGER_OPS:
-        _EAGER_OPS[image_size] = _image_ops(image_size)
-    for op in _EAGER_OPS[image_size]:
-        image = op(image)
-    return np.asarray(image, np.float32)
+    return _normalise_into(image, image_size, out, bgr=False)
 
 
-def decode_mask(mask_bytes, image_size=None):
-    """PNG mask bytes -> float32 (1, S, S) in {0, 1} (nearest resize); no resize when size is None."""
-    mask = cv2.imdecode(np.frombuffer(mask_bytes, np.uint8), cv2.IMREAD_GRAYSCALE)
-    if mask is None:
-        raise ValueError("cannot decode a mask PNG")
+def encode_mask(mask):
+    """(H, W) mask (nonzero = object) -> stored bytes: its bits row-major (np.packbits), zlib-compressed.
+
+    Decoding is ~7x faster than a PNG of the same mask (0.15 vs 1.1 ms at 640x480) and the bytes are
+    smaller; at worst (noise) they take zlib's bound of one bit per pixel plus a few bytes."""
+    return zlib.compress(np.packbits(np.asarray(mask) > 0).tobytes(), 6)
+
+
+def mask_bytes_bound(height, width):
+    """Largest size encode_mask can give for an H x W mask (zlib's compressBound of the packed bits)."""
+    packed = (int(height) * int(width) + 7) // 8
+    return packed + (packed >> 12) + (packed >> 14) + (packed >> 25) + 13
+
+
+def decode_mask_bits(mask_bytes, height, width):
+    """Stored mask bytes -> uint8 (H, W) in {0, 1}; DecodeError when they are not an H x W mask."""
+    try:
+        packed = zlib.decompress(mask_bytes)
+    except zlib.error as err:
+        raise DecodeError(f"cannot decode a mask ({err})") from None
+    if len(packed) != (height * width + 7) // 8:
+        raise DecodeError(f"a mask holds {len(packed)} bytes, not those of a {width}x{height} mask")
+    return np.unpackbits(np.frombuffer(packed, np.uint8), count=height * width).reshape(height, width)
+
+
+def decode_mask(mask_bytes, height, width, image_size=None):
+    """Stored mask bytes -> float32 (1, S, S) in {0, 1} (nearest resize); (1, H, W) when size is None."""
+    bits = decode_mask_bits(mask_bytes, int(height), int(width))
     if image_size is not None:
-        mask = cv2.resize(mask, (image_size, image_size), interpolation=cv2.INTER_NEAREST)
-    return (mask > 0).astype(np.float32)[None]
+        bits = cv2.resize(bits, (image_size, image_size), interpolation=cv2.INTER_NEAREST)
+    return bits.astype(np.float32)[None]
 
 
 def ref_mask_bytes(masks, mask_ends, slot):
-    """The PNG of the image's ref number `slot` out of a row's concatenated masks."""
+    """The stored mask of the image's ref number `slot` out of a row's concatenated masks."""
     start = int(mask_ends[slot - 1]) if slot > 0 else 0
     return np.asarray(masks).tobytes()[start:int(mask_ends[slot])]
-
-
-class _MaskOp:
-    """Picklable map operation: (masks, mask_ends, ref_slot) of a row -> that ref's mask (1, S, S)."""
-
-    def __init__(self, image_size):
-        self.image_size = image_size
-
-    def __call__(self, masks, mask_ends, ref_slot):
-        return decode_mask(ref_mask_bytes(masks, mask_ends, int(ref_slot)), self.image_size)
 
 
 class SplitTable:
@@ -147,6 +192,14 @@ class SplitTable:
             setattr(self, name, arrays[name])
         self.ref_first_sent = np.searchsorted(self.sent_refs, np.arange(len(self.ref_ids)))
         self.ref_num_sents = np.bincount(self.sent_refs, minlength=len(self.ref_ids))
+        self.row_first_ref = np.searchsorted(self.ref_images, np.arange(len(self.image_ids)))
+
+    def describe(self, image_row, ref_slot=None):
+        """'image_id I' of an image row, with ', ref_id R' of the ref in `ref_slot` of that row's masks."""
+        text = f"image_id {int(self.image_ids[image_row])}"
+        if ref_slot is None:
+            return text
+        return f"{text}, ref_id {int(self.ref_ids[self.row_first_ref[image_row] + ref_slot])}"
 
     def training_plan(self, seed, epoch, rank_id, group_size):
         """Sentence entries of this rank's share of an epoch: every ref once in an order drawn from
@@ -224,7 +277,7 @@ def _planned_source(first_file, table, sentences, workers):
     # times (one entry per ref or per sentence) is read as a concatenation of pieces of at most that many.
     rows = columns["image_row"].tolist()
     piece = max(1, len(table.image_ids))
-    pieces = [ds.MindDataset(first_file, columns_list=["image", "masks", "mask_ends"],
+    pieces = [ds.MindDataset(first_file, columns_list=["image", "masks", "mask_ends", "height", "width"],
                              sampler=ds.SubsetSampler(rows[start:start + piece]), num_parallel_workers=workers)
               for start in range(0, max(1, len(rows)), piece)]
     records = pieces[0] if len(pieces) == 1 else pieces[0].concat(pieces[1:])
@@ -232,25 +285,45 @@ def _planned_source(first_file, table, sentences, workers):
     return ds.zip((records, samples))
 
 
-class _EvalBatchOp:
-    """per_batch_map of the evaluation batches: an image (and a ref's mask) that several sentences of the
-    batch share is decoded and resized once."""
+BATCH_INPUT_COLUMNS = ["image", "masks", "mask_ends", "height", "width", "image_row", "ref_slot"]
 
-    def __init__(self, image_size):
+
+class _DecodeBatchOp:
+    """per_batch_map of both pipelines: a batch's rows -> images (3, S, S) and the refs' masks (1, S, S).
+    One Python call per batch (a per-sample Python map costs ~2 ms of overhead per sample); an image (and
+    a ref's mask) that several samples of the batch share is decoded and resized once."""
+
+    def __init__(self, image_size, table):
         self.image_size = image_size
+        self.table = table  # to name an image or mask that does not decode
 
-    def __call__(self, images, masks, mask_ends, image_rows, ref_slots, batch_info):
-        decoded, ref_masks = {}, {}
-        out_images, out_masks = [], []
-        for image, row_masks, ends, row, slot in zip(images, masks, mask_ends, image_rows, ref_slots):
+    def __call__(self, images, masks, mask_ends, heights, widths, image_rows, ref_slots, batch_info):
+        size = self.image_size
+        out_images = np.empty((len(images), 3, size, size), np.float32)
+        out_masks = np.empty((len(images), 1, size, size), np.float32)
+        first_of_row, first_of_ref = {}, {}
+        for sample, (row, slot) in enumerate(zip(image_rows, ref_slots)):
             row, slot = int(row), int(slot)
-            if row not in decoded:
-                decoded[row] = preprocess_image(np.asarray(image).tobytes(), self.image_size)
-            if (row, slot) not in ref_masks:
-                ref_masks[(row, slot)] = decode_mask(ref_mask_bytes(row_masks, ends, slot), self.image_size)
-            out_images.append(decoded[row])
-            out_masks.append(ref_masks[(row, slot)])
-        return out_images, out_masks
+            if row in first_of_row:
+                out_images[sample] = out_images[first_of_row[row]]
+            else:
+                first_of_row[row] = sample
+                try:
+                    image = _decode_bgr(np.asarray(images[sample]).tobytes())
+                except DecodeError as err:
+                    raise DecodeError(f"{self.table.describe(row)}: {err}") from None
+                _normalise_into(image, size, out_images[sample], bgr=True)
+            if (row, slot) in first_of_ref:
+                out_masks[sample] = out_masks[first_of_ref[(row, slot)]]
+            else:
+                first_of_ref[(row, slot)] = sample
+                try:
+                    bits = decode_mask_bits(ref_mask_bytes(masks[sample], mask_ends[sample], slot),
+                                            int(heights[sample]), int(widths[sample]))
+                except DecodeError as err:
+                    raise DecodeError(f"{self.table.describe(row, slot)}: {err}") from None
+                out_masks[sample, 0] = cv2.resize(bits, (size, size), interpolation=cv2.INTER_NEAREST)
+        return list(out_images), list(out_masks)
 
 
 def create_dataset(config, split, training, rank_id=0, group_size=1, with_ids=False, epoch=0, skip_batches=0):
@@ -274,18 +347,11 @@ def create_dataset(config, split, training, rank_id=0, group_size=1, with_ids=Fa
         plan = plan[:len(plan) // batch_size * batch_size][max(0, skip_batches) * batch_size:]
     else:
         plan = table.evaluation_plan(rank_id, group_size)
+    cv2.setNumThreads(1)  # the pipeline's workers are the parallelism; OpenCV's own threads would oversubscribe
     data = _planned_source(first_file, table, plan, workers)
-    if training:
-        data = data.map(operations=[vision.Decode()] + _image_ops(image_size), input_columns=["image"],
-                        num_parallel_workers=workers)
-        data = data.map(operations=_MaskOp(image_size), input_columns=["masks", "mask_ends", "ref_slot"],
-                        output_columns=["mask"], num_parallel_workers=workers)
-        data = data.project(DATA_COLUMNS + (ID_COLUMNS if with_ids else []))
-        return data.batch(batch_size, drop_remainder=True)
-    data = data.batch(batch_size, drop_remainder=False, num_parallel_workers=workers,
-                      per_batch_map=_EvalBatchOp(image_size),
-                      input_columns=["image", "masks", "mask_ends", "image_row", "ref_slot"],
-                      output_columns=["image", "mask"])
+    data = data.batch(batch_size, drop_remainder=training, num_parallel_workers=workers,
+                      per_batch_map=_DecodeBatchOp(image_size, table),
+                      input_columns=BATCH_INPUT_COLUMNS, output_columns=["image", "mask"])
     return data.project(DATA_COLUMNS + (ID_COLUMNS if with_ids else []))
 
 

@@ -5,6 +5,7 @@ import time
 
 import mindspore as ms
 
+from ..data.dataset import raising_decode_errors
 from ..evaluation import metrics_summary
 from .train_step import ScheduledTrainStep
 
@@ -67,10 +68,11 @@ class EpochRunner:
     def run(self, data, epoch, first_step=0):
         """Trains on `data`, the 0-based `epoch` from its step `first_step` on -> (mean [total, bce, dice, aux]
         losses of the steps run, whether the epoch ran to its end)."""
-        if self.scheduled is not None:
-            totals, steps = self._sunk_epoch(data, epoch, self.steps_per_epoch - first_step)
-        else:
-            totals, steps = self._stepwise_epoch(data, epoch, first_step)
+        with raising_decode_errors():
+            if self.scheduled is not None:
+                totals, steps = self._sunk_epoch(data, epoch, self.steps_per_epoch - first_step)
+            else:
+                totals, steps = self._stepwise_epoch(data, epoch, first_step)
         # A resumed partial epoch averages the steps of this run only.
         return [value / steps for value in totals], first_step + steps == self.steps_per_epoch
 

@@ -146,6 +146,21 @@ def test_train_names_a_missing_mindrecord(tmp_path):
     assert not (tmp_path / "out" / "last.ckpt").exists()
 
 
+def test_train_names_a_stored_image_that_does_not_decode(tmp_path):
+    _, flags = make_referring_set(tmp_path, images=30, seed=4)
+    records = tmp_path / "mindrecord" / "refcoco_unc_train.mindrecord"
+    first = next(ms.dataset.MindDataset(str(records), shuffle=False).create_dict_iterator(output_numpy=True))
+    contents = records.read_bytes()
+    start = contents.find(first["image"].tobytes())
+    records.write_bytes(contents[:start] + bytes(64) + contents[start + 64:])
+    result = run([sys.executable, "train.py", *flags, "--output_dir", str(tmp_path / "out"), "--epochs", "1"],
+                 check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: image_id {int(first['image_id'])}: cannot decode the image bytes (corrupt or "
+        "not an image); the converted set is damaged: convert it again")
+
+
 def test_dataset_sink_mode_on_cpu_is_refused_with_its_reason(tmp_path):
     result = run([sys.executable, "train.py", "--config_path", TINY_CONFIG, "--mindrecord_dir", str(tmp_path),
                   "--output_dir", str(tmp_path / "out"), "--dataset_sink_mode", "true"], check=False)

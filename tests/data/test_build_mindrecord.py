@@ -10,7 +10,6 @@ import struct
 import subprocess
 import sys
 
-import cv2
 import numpy as np
 import pytest
 import mindspore.dataset as ds
@@ -19,7 +18,7 @@ from pycocotools.coco import COCO
 from model_utils.config import get_config
 from src.data import build_mindrecord
 from src.data.build_mindrecord import DataError, build
-from src.data.dataset import (LAYOUT_VERSION, find_mindrecord, first_mindrecord_file, index_path,
+from src.data.dataset import (LAYOUT_VERSION, decode_mask_bits, find_mindrecord, first_mindrecord_file, index_path,
                               load_split_table, mindrecord_path, ref_mask_bytes)
 from src.data.refer import Refer, ReferError, load_refs_pickle
 from src.data.synthetic import generate_synthetic
@@ -108,10 +107,9 @@ def test_rows_hold_masks_images_and_tokens(converted, refer, synthetic_root):
                 assert row["image"].tobytes() == handle.read()
             assert len(row["mask_ends"]) == len(image_refs) and row["mask_ends"][-1] == len(row["masks"].tobytes())
             for slot, ref in enumerate(image_refs):
-                mask = cv2.imdecode(np.frombuffer(ref_mask_bytes(row["masks"], row["mask_ends"], slot), np.uint8),
-                                    cv2.IMREAD_UNCHANGED)
-                assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
-                np.testing.assert_array_equal(mask > 0, coco.annToMask(coco.anns[ref["ann_id"]]) > 0)
+                mask = decode_mask_bits(ref_mask_bytes(row["masks"], row["mask_ends"], slot),
+                                        image["height"], image["width"])
+                np.testing.assert_array_equal(mask, coco.annToMask(coco.anns[ref["ann_id"]]))
                 entry = table.ref_ids.tolist().index(ref["ref_id"])
                 assert (table.ref_images[entry], table.ref_slots[entry]) == (row_number, slot)
             assert json.loads(str(row["sentences"])) == [sentence["raw"] for ref in image_refs
@@ -128,7 +126,7 @@ def test_rows_hold_masks_images_and_tokens(converted, refer, synthetic_root):
 def test_index_carries_the_layout_version(converted):
     out, _ = converted
     with np.load(index_path(out, "refcoco", "unc", "val")) as arrays:
-        assert int(arrays["layout"]) == LAYOUT_VERSION == 2
+        assert int(arrays["layout"]) == LAYOUT_VERSION == 3
 
 
 def test_summary_counts_equal_refer(converted, refer):

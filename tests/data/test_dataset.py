@@ -11,8 +11,10 @@ import mindspore.dataset as ds
 
 from model_utils.config import get_config
 from src.data.build_mindrecord import build
-from src.data.dataset import (IMAGENET_MEAN, IMAGENET_STD, LayoutError, check_token_ids, create_dataset,
-                              decode_image, eval_sample_ids, find_mindrecord, preprocess_image)
+from src.data.dataset import (IMAGENET_MEAN, IMAGENET_STD, DecodeError, LayoutError, check_token_ids,
+                              create_dataset, decode_image, decode_mask, decode_mask_bits, encode_mask,
+                              eval_sample_ids, find_mindrecord, mask_bytes_bound, preprocess_image,
+                              raising_decode_errors, ref_mask_bytes)
 from src.data.refer import Refer
 from src.data.synthetic import generate_synthetic
 from src.data.tokenizer import encode_sentence
@@ -223,8 +225,8 @@ def test_missing_mindrecord_is_named(tmp_path):
 def test_evaluation_decodes_an_image_once_per_batch_it_appears_in(mindrecord_dir, refer, monkeypatch):
     from src.data import dataset as dataset_module
     decoded = []
-    real_decode = dataset_module.decode_image
-    monkeypatch.setattr(dataset_module, "decode_image", lambda data: decoded.append(1) or real_decode(data))
+    real_decode = dataset_module._decode_bgr
+    monkeypatch.setattr(dataset_module, "_decode_bgr", lambda data: decoded.append(1) or real_decode(data))
     config = make_config(mindrecord_dir, eval_batch_size=4)
     ref_ids = eval_sample_ids(config, "val")[0].tolist()
     image_of = {ref["ref_id"]: ref["image_id"] for ref in refer.refs}
@@ -257,7 +259,7 @@ def test_an_index_of_another_layout_or_set_or_corrupt_is_refused(mindrecord_dir,
         contents = dict(arrays)
     config = make_config(str(tmp_path))
     np.savez(index, **{**contents, "layout": np.int64(1)})
-    with pytest.raises(LayoutError, match="layout 1, this version reads layout 2"):
+    with pytest.raises(LayoutError, match="layout 1, this version reads layout 3"):
         check_token_ids(config, "val")
     np.savez(index, **{**contents, "image_ids": contents["image_ids"][:-1]})
     with pytest.raises(LayoutError, match="holds 4 images but its index .* lists 3"):
@@ -266,3 +268,69 @@ def test_an_index_of_another_layout_or_set_or_corrupt_is_refused(mindrecord_dir,
         handle.write(b"PK\x03\x04 not a zip")
     with pytest.raises(LayoutError, match="refcoco_unc_val.index.npz is corrupt"):
         eval_sample_ids(config, "val")
+
+
+def test_mask_codec_round_trips_within_its_bound():
+    rng = np.random.default_rng(3)
+    for height, width in [(1, 1), (7, 13), (48, 64), (480, 640)]:
+        for mask in (np.zeros((height, width), np.uint8), rng.integers(0, 2, (height, width), dtype=np.uint8),
+                     (rng.random((height, width)) > 0.9).astype(np.uint8) * 255):
+            data = encode_mask(mask)
+            assert len(data) <= mask_bytes_bound(height, width)
+            np.testing.assert_array_equal(decode_mask_bits(data, height, width), mask > 0)
+            np.testing.assert_array_equal(decode_mask(data, height, width, 16)[0],
+                                          cv2.resize((mask > 0).astype(np.uint8), (16, 16),
+                                                     interpolation=cv2.INTER_NEAREST))
+    with pytest.raises(DecodeError, match="cannot decode a mask"):
+        decode_mask_bits(b"\x00not zlib", 4, 4)
+    with pytest.raises(DecodeError, match="not those of a 5x4 mask"):
+        decode_mask_bits(encode_mask(np.ones((4, 4))), 4, 5)
+
+
+def _overwrite_in_file(path, old, new):
+    """Replaces the first occurrence of bytes `old` in a file by `new` (same length)."""
+    with open(path, "rb") as handle:
+        contents = handle.read()
+    position = contents.find(old)
+    assert position >= 0 and len(old) == len(new)
+    with open(path, "wb") as handle:
+        handle.write(contents[:position] + new + contents[position + len(old):])
+
+
+def _first_val_row(mindrecord_dir):
+    first = find_mindrecord(mindrecord_dir, "refcoco", "unc", "val")
+    return next(ds.MindDataset(first, shuffle=False).create_dict_iterator(output_numpy=True))
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_a_stored_image_that_does_not_decode_is_named(mindrecord_dir, tmp_path, training):
+    split = "train" if training else "val"
+    _copy_set(mindrecord_dir, str(tmp_path), split)
+    first = find_mindrecord(str(tmp_path), "refcoco", "unc", split)
+    rows = list(ds.MindDataset(first, shuffle=False).create_dict_iterator(output_numpy=True))
+    image = rows[0]["image"].tobytes()
+    _overwrite_in_file(first, image[:64], bytes(64))  # no JPEG header left: nothing decodes
+    config = make_config(str(tmp_path), batch_size=1)
+    expected = f"image_id {int(rows[0]['image_id'])}: cannot decode the image"
+    with pytest.raises(DecodeError, match=expected), raising_decode_errors():
+        batches(create_dataset(config, split, training=training))
+
+
+def test_zeros_inside_a_stored_jpeg_do_not_crash_the_pipeline(mindrecord_dir, tmp_path):
+    _copy_set(mindrecord_dir, str(tmp_path))
+    image = _first_val_row(mindrecord_dir)["image"].tobytes()
+    middle = len(image) // 2
+    _overwrite_in_file(find_mindrecord(str(tmp_path), "refcoco", "unc", "val"), image[middle:middle + 256],
+                       bytes(256))
+    data = batches(create_dataset(make_config(str(tmp_path)), "val", training=False))[0]
+    assert sum(len(batch["mask"]) for batch in data) == len(eval_sample_ids(make_config(mindrecord_dir), "val")[1])
+
+
+def test_a_stored_mask_that_does_not_decode_is_named(mindrecord_dir, tmp_path):
+    _copy_set(mindrecord_dir, str(tmp_path))
+    row = _first_val_row(mindrecord_dir)
+    mask = ref_mask_bytes(row["masks"], row["mask_ends"], 0)
+    _overwrite_in_file(find_mindrecord(str(tmp_path), "refcoco", "unc", "val"), mask, bytes(len(mask)))
+    expected = f"image_id {int(row['image_id'])}, ref_id {int(row['ref_ids'][0])}: cannot decode a mask"
+    with pytest.raises(DecodeError, match=expected), raising_decode_errors():
+        batches(create_dataset(make_config(str(tmp_path)), "val", training=False))
