@@ -101,7 +101,7 @@ def raising_decode_errors():
 
 def _decode_bgr(image_bytes):
     """Encoded image bytes -> BGR uint8 (H, W, 3) (OpenCV's channel order); DecodeError when they do not decode."""
-    buffer = np.frombuffer(image_bytes, np.uint8)
+    buffer = np.frombuffer(image_bytes, np.uint8)  # bytes, or a pipeline's uint8 array without a copy
     image = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
     if image is None:
         raise DecodeError("cannot decode the image bytes (corrupt or not an image)")
@@ -309,7 +309,7 @@ class _DecodeBatchOp:
             else:
                 first_of_row[row] = sample
                 try:
-                    image = _decode_bgr(np.asarray(images[sample]).tobytes())
+                    image = _decode_bgr(images[sample])
                 except DecodeError as err:
                     raise DecodeError(f"{self.table.describe(row)}: {err}") from None
                 _normalise_into(image, size, out_images[sample], bgr=True)
@@ -323,7 +323,8 @@ class _DecodeBatchOp:
                 except DecodeError as err:
                     raise DecodeError(f"{self.table.describe(row, slot)}: {err}") from None
                 out_masks[sample, 0] = cv2.resize(bits, (size, size), interpolation=cv2.INTER_NEAREST)
-        return list(out_images), list(out_masks)
+        # Whole arrays rather than lists of samples: MindSpore then takes each column in one copy (~2x faster).
+        return out_images, out_masks
 
 
 def create_dataset(config, split, training, rank_id=0, group_size=1, with_ids=False, epoch=0, skip_batches=0):
