@@ -1,5 +1,6 @@
 """train.py: config -> data, network, train step; the epochs themselves run in src.engine.loop."""
 import os
+import time
 
 import mindspore.nn as nn
 
@@ -7,7 +8,7 @@ from ..checkpoint import CheckpointError, load_pretrained
 from ..context import setup_context
 from ..data.dataset import check_token_ids, create_dataset
 from ..engine.amp import apply_mixed_precision
-from ..engine.checkpoints import StepCheckpoints, TrainingCheckpoints
+from ..engine.checkpoints import StepCheckpoints, TrainingCheckpoints, claim_output_dir
 from ..engine.loop import EpochRunner, JsonLog, train_epochs
 from ..engine.optimizer import build_optimizer, check_grad_accum_steps
 from ..engine.train_step import TrainStep
@@ -96,7 +97,10 @@ def train(config):
     rank_id, group_size = setup_context(config, allow_parallel=True)
     ranks = RankGroup(rank_id, group_size)
     is_main = ranks.is_main
-    os.makedirs(config.output_dir, exist_ok=True)
+    aside = claim_output_dir(config.output_dir, config.resume_ckpt, config.overwrite, is_main,
+                             time.strftime("%Y%m%d-%H%M%S"))
+    if aside:
+        print(f"note: the previous run's files in {config.output_dir} were moved to {aside}", flush=True)
     log = JsonLog(os.path.join(config.output_dir, "train_log.jsonl"), rank_id, group_size)
 
     steps_per_epoch = count_steps(config, rank_id, group_size)

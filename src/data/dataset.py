@@ -327,6 +327,25 @@ class _DecodeBatchOp:
         return out_images, out_masks
 
 
+_LOWERED_WORKERS = set()
+
+
+def pipeline_workers(requested):
+    """num_parallel_workers capped at the CPUs this process may use (MindSpore refuses more than the machine
+    has), with a note the first time it is lowered."""
+    available = os.cpu_count() or 1
+    if hasattr(os, "sched_getaffinity"):
+        available = min(available, len(os.sched_getaffinity(0)))
+    requested = max(1, int(requested))
+    if requested <= available:
+        return requested
+    if requested not in _LOWERED_WORKERS:
+        _LOWERED_WORKERS.add(requested)
+        print(f"note: num_parallel_workers {requested} lowered to {available}, the CPUs this process can use",
+              flush=True)
+    return available
+
+
 def create_dataset(config, split, training, rank_id=0, group_size=1, with_ids=False, epoch=0, skip_batches=0):
     """Batched pipeline of one epoch of a split's MindRecord.
 
@@ -341,7 +360,7 @@ def create_dataset(config, split, training, rank_id=0, group_size=1, with_ids=Fa
         raise ValueError(f"rank_id {rank_id} must be in [0, {group_size})")
     first_file, table = split_table(config, split)
     image_size = int(config.image_size)
-    workers = max(1, int(config.num_parallel_workers))
+    workers = pipeline_workers(config.num_parallel_workers)
     batch_size = int(config.batch_size if training else config.eval_batch_size)
     if training:
         plan = table.training_plan(config.seed, epoch, rank_id, group_size)

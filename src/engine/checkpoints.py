@@ -173,3 +173,38 @@ class StepCheckpoints:
         if (due or stop) and step_in_epoch < self.steps_per_epoch:
             self.checkpoints.save_position(epoch, step_in_epoch, global_step)
         return stop
+
+
+def previous_run_files(output_dir):
+    """Names of the files and folders a training run leaves in output_dir (checkpoints, its log)."""
+    if not os.path.isdir(output_dir):
+        return []
+    return sorted(name for name in os.listdir(output_dir)
+                  if name.endswith(".ckpt") or name == "train_log.jsonl"
+                  or (name.startswith("rank_") and os.path.isdir(os.path.join(output_dir, name))))
+
+
+def claim_output_dir(output_dir, resume_ckpt, overwrite, is_main, stamp):
+    """Makes output_dir this run's: refuses one that holds another run (unless resume_ckpt lies in it, or
+    overwrite is set: then rank 0 moves the old run's files into output_dir/replaced_<stamp>/, deleting
+    nothing). Returns the folder the old files went to, or None."""
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ValueError(f"--output_dir {output_dir} is a file, not a folder")
+    found = previous_run_files(output_dir)
+    resuming = bool(resume_ckpt) and os.path.dirname(os.path.abspath(resume_ckpt)) in (
+        os.path.abspath(output_dir), *(os.path.abspath(os.path.join(output_dir, name)) for name in found))
+    if not found or resuming:
+        os.makedirs(output_dir, exist_ok=True)
+        return None
+    if not overwrite:
+        shown = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
+        raise ValueError(f"--output_dir {output_dir} holds another run ({shown}): continue it with --resume_ckpt "
+                         f"{os.path.join(output_dir, 'last.ckpt')}, choose another --output_dir, or give "
+                         "--overwrite true to move its files aside into a replaced_<time> folder there")
+    if not is_main:
+        return None
+    aside = os.path.join(output_dir, f"replaced_{stamp}")
+    os.makedirs(aside)
+    for name in found:
+        os.replace(os.path.join(output_dir, name), os.path.join(aside, name))
+    return aside

@@ -231,3 +231,33 @@ def test_resume_from_the_middle_of_an_epoch_matches_a_straight_run(small_set, st
     refused = run(common + ["--resume_ckpt", str(split / "coupalign_epoch002.ckpt")], check=False)
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
     assert "weights only" in refused.stderr and f"resume from {split / 'last.ckpt'}" in refused.stderr
+
+
+def test_train_never_replaces_another_run_unless_told(small_set, tmp_path):
+    _, flags = small_set
+    output = tmp_path / "run"
+    output.mkdir()
+    (output / "best.ckpt").write_bytes(b"the earlier run's best model")
+    (output / "train_log.jsonl").write_text('{"epoch": 1}\n')
+    common = [sys.executable, "train.py", *flags, "--epochs", "1", "--eval_interval", "0", "--output_dir", str(output)]
+    refused = run(common, check=False)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"error: --output_dir {output} holds another run (best.ckpt, train_log.jsonl): continue it with "
+        f"--resume_ckpt {output / 'last.ckpt'}, choose another --output_dir, or give --overwrite true to move its "
+        "files aside into a replaced_<time> folder there")
+    assert sorted(path.name for path in output.iterdir()) == ["best.ckpt", "train_log.jsonl"]
+    assert (output / "best.ckpt").read_bytes() == b"the earlier run's best model"
+
+    replaced = run(common + ["--overwrite", "true"])
+    aside = [path for path in output.iterdir() if path.name.startswith("replaced_")]
+    assert len(aside) == 1 and f"were moved to {aside[0]}" in replaced.stdout
+    assert (aside[0] / "best.ckpt").read_bytes() == b"the earlier run's best model"
+    assert (aside[0] / "train_log.jsonl").read_text() == '{"epoch": 1}\n'
+    assert (output / "last.ckpt").is_file() and '{"epoch": 1}\n' not in (output / "train_log.jsonl").read_text()
+
+    as_file = tmp_path / "a_file"
+    as_file.write_text("x")
+    refused = run([*common[:-1], str(as_file)], check=False)
+    assert refused.returncode == 1 and refused.stderr.strip().splitlines()[-1] == (
+        f"error: --output_dir {as_file} is a file, not a folder")

@@ -334,3 +334,11 @@ def test_a_stored_mask_that_does_not_decode_is_named(mindrecord_dir, tmp_path):
     expected = f"image_id {int(row['image_id'])}, ref_id {int(row['ref_ids'][0])}: cannot decode a mask"
     with pytest.raises(DecodeError, match=expected), raising_decode_errors():
         batches(create_dataset(make_config(str(tmp_path)), "val", training=False))
+
+
+def test_more_workers_than_cpus_are_lowered_with_a_note(mindrecord_dir, capsys):
+    too_many = (os.cpu_count() or 1) + 3
+    data = create_dataset(make_config(mindrecord_dir, num_parallel_workers=too_many), "val", training=False)
+    assert sum(len(batch["mask"]) for batch in batches(data)[0]) == len(
+        eval_sample_ids(make_config(mindrecord_dir), "val")[1])
+    assert f"note: num_parallel_workers {too_many} lowered to" in capsys.readouterr().out
