@@ -9,6 +9,7 @@ one sentence per ref (training) or to walk every sentence (evaluation). Each set
 temporary folder of mindrecord_dir and moved into place when complete; the first file's .db index is
 moved last, so a set whose first .db exists is complete.
 """
+import array
 import json
 import os
 import shutil
@@ -95,8 +96,11 @@ class SplitIndex:
 
     def __init__(self, max_tokens):
         self.max_tokens = max_tokens
-        self.image_ids, self.ref_ids, self.ref_images, self.ref_slots = [], [], [], []
-        self.sent_ids, self.sent_refs, self.input_ids, self.attention_mask = [], [], [], []
+        # Flat typed arrays (4 or 8 bytes per value): a list of small numpy arrays would cost about 0.5 KB
+        # per sentence of conversion memory.
+        self.image_ids, self.ref_ids, self.ref_images, self.ref_slots = (array.array("q") for _ in range(4))
+        self.sent_ids, self.sent_refs = array.array("q"), array.array("q")
+        self.input_ids, self.attention_mask = array.array("i"), array.array("i")
 
     def add_image(self, image_id, refs, tokens):
         """refs: the image's refs in stored order; tokens: per ref a list of (sent_id, ids, attention)."""
@@ -106,8 +110,8 @@ class SplitIndex:
             for sent_id, ids, attention in sentences:
                 self.sent_ids.append(sent_id)
                 self.sent_refs.append(len(self.ref_ids))
-                self.input_ids.append(ids)
-                self.attention_mask.append(attention)
+                self.input_ids.frombytes(np.asarray(ids, np.int32).tobytes())
+                self.attention_mask.frombytes(np.asarray(attention, np.int32).tobytes())
             self.ref_ids.append(int(ref["ref_id"]))
             self.ref_images.append(row)
             self.ref_slots.append(slot)
@@ -116,11 +120,13 @@ class SplitIndex:
         tokens = (len(self.sent_ids), self.max_tokens)
         with atomic_path(path, suffix=".npz") as temp:
             np.savez(temp, layout=np.int64(LAYOUT_VERSION), max_tokens=np.int64(self.max_tokens),
-                     image_ids=np.array(self.image_ids, np.int64), ref_ids=np.array(self.ref_ids, np.int64),
-                     ref_images=np.array(self.ref_images, np.int64), ref_slots=np.array(self.ref_slots, np.int64),
-                     sent_ids=np.array(self.sent_ids, np.int64), sent_refs=np.array(self.sent_refs, np.int64),
-                     input_ids=np.array(self.input_ids, np.int32).reshape(tokens),
-                     attention_mask=np.array(self.attention_mask, np.int32).reshape(tokens))
+                     image_ids=np.frombuffer(self.image_ids, np.int64),
+                     ref_ids=np.frombuffer(self.ref_ids, np.int64),
+                     ref_images=np.frombuffer(self.ref_images, np.int64),
+                     ref_slots=np.frombuffer(self.ref_slots, np.int64),
+                     sent_ids=np.frombuffer(self.sent_ids, np.int64), sent_refs=np.frombuffer(self.sent_refs, np.int64),
+                     input_ids=np.frombuffer(self.input_ids, np.int32).reshape(tokens),
+                     attention_mask=np.frombuffer(self.attention_mask, np.int32).reshape(tokens))
 
 
 def encode_sentences(ref, tokenizer, max_tokens, stats):
