@@ -318,11 +318,10 @@ class _DecodeBatchOp:
             else:
                 first_of_ref[(row, slot)] = sample
                 try:
-                    bits = decode_mask_bits(ref_mask_bytes(masks[sample], mask_ends[sample], slot),
-                                            int(heights[sample]), int(widths[sample]))
+                    out_masks[sample] = decode_mask(ref_mask_bytes(masks[sample], mask_ends[sample], slot),
+                                                    heights[sample], widths[sample], size)
                 except DecodeError as err:
                     raise DecodeError(f"{self.table.describe(row, slot)}: {err}") from None
-                out_masks[sample, 0] = cv2.resize(bits, (size, size), interpolation=cv2.INTER_NEAREST)
         # Whole arrays rather than lists of samples: MindSpore then takes each column in one copy (~2x faster).
         return out_images, out_masks
 
