@@ -192,14 +192,14 @@ class SplitTable:
             setattr(self, name, arrays[name])
         self.ref_first_sent = np.searchsorted(self.sent_refs, np.arange(len(self.ref_ids)))
         self.ref_num_sents = np.bincount(self.sent_refs, minlength=len(self.ref_ids))
-        self.row_first_ref = np.searchsorted(self.ref_images, np.arange(len(self.image_ids)))
 
     def describe(self, image_row, ref_slot=None):
         """'image_id I' of an image row, with ', ref_id R' of the ref in `ref_slot` of that row's masks."""
         text = f"image_id {int(self.image_ids[image_row])}"
         if ref_slot is None:
             return text
-        return f"{text}, ref_id {int(self.ref_ids[self.row_first_ref[image_row] + ref_slot])}"
+        first_ref_of_row = int(np.searchsorted(self.ref_images, image_row))  # refs are grouped by image row
+        return f"{text}, ref_id {int(self.ref_ids[first_ref_of_row + ref_slot])}"
 
     def training_plan(self, seed, epoch, rank_id, group_size):
         """Sentence entries of this rank's share of an epoch: every ref once in an order drawn from
