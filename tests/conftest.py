@@ -12,6 +12,30 @@ if ROOT not in sys.path:
 TINY_CONFIG = os.path.join(ROOT, "tiny_config.yaml")
 
 
+class ReferFiles:
+    """A REFER-layout folder as pycocotools and the plain pickle module read it: a reference that does not
+    go through src.data.refer (whose Refer keeps only what conversion needs)."""
+
+    def __init__(self, refer_data_root, dataset="refcoco", split_by="unc"):
+        import contextlib
+        import io
+        import pickle
+        from pycocotools.coco import COCO
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.coco = COCO(os.path.join(refer_data_root, dataset, "instances.json"))
+        with open(os.path.join(refer_data_root, dataset, f"refs({split_by}).p"), "rb") as handle:
+            self.refs = pickle.load(handle)
+
+    def refs_of_split(self, split):
+        return sorted((ref for ref in self.refs if ref["split"] == split), key=lambda ref: ref["ref_id"])
+
+    def image_info(self, image_id):
+        return self.coco.imgs[image_id]
+
+    def ref_mask(self, ref):
+        return self.coco.annToMask(self.coco.anns[ref["ann_id"]])
+
+
 @pytest.fixture(scope="session", autouse=True)
 def graph_mode_cpu():
     import mindspore as ms

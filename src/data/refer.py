@@ -3,14 +3,14 @@
 <refer_data_root>/<dataset>/instances.json  COCO instances (images, annotations, categories)
 <refer_data_root>/<dataset>/refs(<split_by>).p  pickled list of refs (written by Python 2)
 """
-import contextlib
-import io
 import os
 import pickle
 
 import numpy as np
 from pycocotools import mask as mask_utils
-from pycocotools.coco import COCO
+
+from src.data.json_stream import JsonStreamError, iter_array_items
+from src.data.pickle_stream import load_list_elements
 
 DATASETS = ("refcoco", "refcoco+", "refcocog")
 SPLIT_BYS = ("unc", "umd", "google")
@@ -20,15 +20,6 @@ REF_KEYS = ("ref_id", "ann_id", "image_id", "split", "sentences")
 
 class ReferError(ValueError):
     """A REFER dataset file that is missing or cannot be used."""
-
-
-class _PlainUnpickler(pickle.Unpickler):
-    """Admits only the built-in plain types (dict, list, str, int, ...); no class, no call."""
-
-    def find_class(self, module, name):
-        raise pickle.UnpicklingError(
-            f"refused to load '{module}.{name}': the refs file may only hold plain Python data "
-            "(dict, list, str, int, float, tuple, bool, None)")
 
 
 def _to_text(value):
@@ -47,35 +38,42 @@ def _to_text(value):
     return value
 
 
-def load_refs_pickle(path):
-    """Load a refs(<split_by>).p file safely: plain data only, never code."""
+def load_refs_pickle(path, keep=None):
+    """Load a refs(<split_by>).p file safely: plain data only, never code. `keep` maps each checked ref to
+    what is kept of it; refs are read and converted one at a time (load_list_elements)."""
     if not os.path.isfile(path):
         raise ReferError(f"refs file not found: {path}")
+    refs = []
+
+    def add(ref):
+        ref = _to_text(ref)
+        _check_ref(ref, len(refs), path)
+        refs.append(keep(ref) if keep else ref)
+
     with open(path, "rb") as handle:
         try:
-            # 'bytes' keeps Python 2 str undecoded so UTF-8 text can be decoded properly below.
-            data = _PlainUnpickler(handle, encoding="bytes").load()
+            # 'bytes' keeps Python 2 str undecoded so UTF-8 text can be decoded properly by _to_text.
+            top = load_list_elements(handle, add, encoding="bytes")
+        except ReferError:
+            raise
         except pickle.UnpicklingError as err:
             raise ReferError(f"unsafe or invalid refs file {path}: {err}") from err
         except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as err:
             raise ReferError(f"cannot read refs file {path}: {type(err).__name__}: {err}") from err
-    refs = _to_text(data)
-    _check_refs(refs, path)
+    if not isinstance(top, list):
+        raise ReferError(f"refs file {path} must hold a list of refs, not {type(top).__name__}")
     return refs
 
 
-def _check_refs(refs, path):
-    if not isinstance(refs, list):
-        raise ReferError(f"refs file {path} must hold a list of refs, not {type(refs).__name__}")
-    for index, ref in enumerate(refs):
-        if not isinstance(ref, dict):
-            raise ReferError(f"refs file {path}: entry {index} is a {type(ref).__name__}, not a dict")
-        missing = [key for key in REF_KEYS if key not in ref]
-        if missing:
-            raise ReferError(f"refs file {path}: ref at index {index} lacks {', '.join(missing)}")
-        for sentence in ref["sentences"]:
-            if not isinstance(sentence, dict) or "sent_id" not in sentence or "raw" not in sentence:
-                raise ReferError(f"refs file {path}: ref {ref['ref_id']} has a sentence without sent_id/raw")
+def _check_ref(ref, index, path):
+    if not isinstance(ref, dict):
+        raise ReferError(f"refs file {path}: entry {index} is a {type(ref).__name__}, not a dict")
+    missing = [key for key in REF_KEYS if key not in ref]
+    if missing:
+        raise ReferError(f"refs file {path}: ref at index {index} lacks {', '.join(missing)}")
+    for sentence in ref["sentences"]:
+        if not isinstance(sentence, dict) or "sent_id" not in sentence or "raw" not in sentence:
+            raise ReferError(f"refs file {path}: ref {ref['ref_id']} has a sentence without sent_id/raw")
 
 
 def split_sort_key(split):
@@ -112,8 +110,27 @@ def segmentation_to_mask(segmentation, height, width):
     raise ReferError(f"unsupported segmentation of type {type(segmentation).__name__}")
 
 
+def _compact_ref(ref):
+    """A ref as the converter needs it: ids, split and the sentences' sent_id and raw text (the pickle's
+    tokens and normalised text are dropped: about three quarters of a ref's memory)."""
+    compact = {key: ref[key] for key in ("ref_id", "ann_id", "image_id", "split", "category_id") if key in ref}
+    compact["sentences"] = [{"sent_id": sentence["sent_id"], "raw": sentence["raw"]} for sentence in ref["sentences"]]
+    return compact
+
+
+def _compact_segmentation(segmentation):
+    """Polygons as float64 arrays (a list of Python floats costs four times the bytes); RLE as it is."""
+    if isinstance(segmentation, list):
+        return [np.asarray(polygon, np.float64) for polygon in segmentation]
+    return segmentation
+
+
 class Refer:
-    """Refs, annotations and images of one REFER dataset (dataset + split_by)."""
+    """Refs, annotations and images of one REFER dataset (dataset + split_by).
+
+    Only what the refs use is kept: their images' file name and size and their annotations' segmentation,
+    read from instances.json one element at a time, so memory follows the refs, not the instances file.
+    """
 
     def __init__(self, refer_data_root, dataset="refcoco", split_by="unc", image_root=""):
         self.dataset = dataset
@@ -129,23 +146,34 @@ class Refer:
                              f"expected {self.refs_path}")
         if not os.path.isfile(self.instances_path):
             raise ReferError(f"instances file not found: expected {self.instances_path}")
-        self.refs = load_refs_pickle(self.refs_path)
-        self.coco = self._load_coco()
+        self.refs = load_refs_pickle(self.refs_path, keep=_compact_ref)
+        self.images, self.segmentations = self._load_instances()
         self._check_links()
 
-    def _load_coco(self):
+    def _load_instances(self):
+        """{image_id: {file_name, height, width}} and {ann_id: segmentation} of what the refs name."""
+        image_ids = {ref["image_id"] for ref in self.refs}
+        ann_ids = {ref["ann_id"] for ref in self.refs}
+        images, segmentations = {}, {}
         try:
-            # pycocotools prints progress lines; keep the converter's output readable.
-            with contextlib.redirect_stdout(io.StringIO()):
-                return COCO(self.instances_path)
-        except (ValueError, KeyError, TypeError) as err:
+            for key, item in iter_array_items(self.instances_path, ("images", "annotations")):
+                if not isinstance(item, dict) or "id" not in item:
+                    raise ReferError(f"{self.instances_path}: an entry of '{key}' has no id")
+                if key == "images" and item["id"] in image_ids:
+                    images[item["id"]] = {name: item[name] for name in ("file_name", "height", "width")}
+                elif key == "annotations" and item["id"] in ann_ids:
+                    segmentations[item["id"]] = _compact_segmentation(item["segmentation"])
+        except KeyError as err:
+            raise ReferError(f"{self.instances_path}: an entry lacks {err}") from err
+        except (JsonStreamError, UnicodeDecodeError) as err:
             raise ReferError(f"cannot read COCO instances {self.instances_path}: {err}") from err
+        return images, segmentations
 
     def _check_links(self):
         for ref in self.refs:
-            if ref["ann_id"] not in self.coco.anns:
+            if ref["ann_id"] not in self.segmentations:
                 raise ReferError(f"ref {ref['ref_id']}: annotation {ref['ann_id']} is not in {self.instances_path}")
-            if ref["image_id"] not in self.coco.imgs:
+            if ref["image_id"] not in self.images:
                 raise ReferError(f"ref {ref['ref_id']}: image {ref['image_id']} is not in {self.instances_path}")
 
     def splits(self):
@@ -157,17 +185,16 @@ class Refer:
         return sorted((ref for ref in self.refs if ref["split"] == split), key=lambda ref: ref["ref_id"])
 
     def image_info(self, image_id):
-        return self.coco.imgs[image_id]
+        return self.images[image_id]
 
     def image_path(self, image_id):
         """Image file named by instances.json (not by the ref's own file_name)."""
-        return os.path.join(self.image_root, self.coco.imgs[image_id]["file_name"])
+        return os.path.join(self.image_root, self.images[image_id]["file_name"])
 
     def ref_mask(self, ref):
         """Ground-truth binary mask (H, W) uint8 of a ref's annotation."""
-        ann = self.coco.anns[ref["ann_id"]]
-        image = self.coco.imgs[ref["image_id"]]
-        return segmentation_to_mask(ann["segmentation"], image["height"], image["width"])
+        image = self.images[ref["image_id"]]
+        return segmentation_to_mask(self.segmentations[ref["ann_id"]], image["height"], image["width"])
 
     def split_counts(self, split):
         """Number of refs, sentences and images of a split."""

@@ -11,9 +11,8 @@ import pytest
 import mindspore as ms
 
 from model_utils.config import get_config
-from src.data.refer import Refer
 from src.evaluation import RefSegMetrics
-from tests.conftest import ROOT, TINY_CONFIG
+from tests.conftest import ROOT, TINY_CONFIG, ReferFiles
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -54,7 +53,7 @@ def trained(tmp_path_factory):
 
 def category_union_baseline(data_dir, split, image_size):
     """oIoU of predicting, for every sentence, the union of all objects of the ref's category."""
-    refer = Refer(str(data_dir), "refcoco", "unc", str(data_dir / "images"))
+    refer = ReferFiles(str(data_dir))
     metrics = RefSegMetrics()
     for ref in refer.refs_of_split(split):
         ann_ids = refer.coco.getAnnIds(imgIds=[ref["image_id"]], catIds=[ref["category_id"]])

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from model_utils.config import get_config
-from src.data.refer import Refer, segmentation_to_mask
+from src.data.refer import segmentation_to_mask
 from src.data.synthetic import COLOURS, SHAPES, SPECIAL_TOKENS, generate_synthetic, image_file_name, parse_image_size
 from src.data.tokenizer import build_tokenizer
-from tests.conftest import ROOT, TINY_CONFIG
+from tests.conftest import ROOT, TINY_CONFIG, ReferFiles
 
 POSITIONS = {"left": ("x", min), "leftmost": ("x", min), "right": ("x", max), "rightmost": ("x", max),
              "top": ("y", min), "bottom": ("y", max)}
@@ -31,7 +31,7 @@ def synthetic_root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def refer(synthetic_root):
-    return Refer(synthetic_root, "refcoco", "unc", os.path.join(synthetic_root, "images"))
+    return ReferFiles(synthetic_root)
 
 
 def test_layout_and_vocab(synthetic_root, refer):
@@ -197,7 +197,7 @@ def test_explicit_defaults_give_the_default_set(tmp_path):
 def wide_refer(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("wide"))
     generate_synthetic(root, num_images=60, seed=7, image_size="160x64")
-    return Refer(root, "refcoco", "unc", os.path.join(root, "images"))
+    return ReferFiles(root)
 
 
 def test_non_square_sizes_masks_and_positions(wide_refer):
@@ -242,7 +242,7 @@ def test_texture_jpegs_are_coco_sized(tmp_path):
     generate_synthetic(str(tmp_path), num_images=5, seed=1, image_size="640x480", texture=True)
     sizes = [os.path.getsize(tmp_path / "images" / image_file_name(index)) for index in range(1, 6)]
     assert 60_000 < np.mean(sizes) < 300_000, sizes
-    refer = Refer(str(tmp_path), "refcoco", "unc", str(tmp_path / "images"))
+    refer = ReferFiles(str(tmp_path))
     for ann in refer.coco.dataset["annotations"]:
         image = cv2.imread(str(tmp_path / "images" / image_file_name(ann["image_id"])))[:, :, ::-1]
         mask = segmentation_to_mask(ann["segmentation"], 480, 640) > 0
