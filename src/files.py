@@ -21,3 +21,32 @@ def atomic_path(path, suffix=".tmp"):
     finally:
         if os.path.exists(temp):
             os.remove(temp)
+
+
+def _nearest_existing(path):
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def _check_writable_folder(folder, flag, path):
+    if not os.path.isdir(folder):
+        raise ValueError(f"--{flag} {path}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"--{flag} {path}: cannot write in {folder} (permission denied)")
+
+
+def check_output_file(path, flag):
+    """Before long work: ValueError naming --flag and the path if a file cannot be written there (an existing
+    folder, a parent that is a file, a folder without write permission)."""
+    if os.path.isdir(path):
+        raise ValueError(f"--{flag} {path} is a folder; give a file name")
+    _check_writable_folder(_nearest_existing(os.path.dirname(os.path.abspath(path))), flag, path)
+
+
+def check_output_folder(path, flag):
+    """Before long work: ValueError naming --flag and the path if it cannot be a folder to write in."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"--{flag} {path} is a file, not a folder")
+    _check_writable_folder(_nearest_existing(path), flag, path)

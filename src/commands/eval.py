@@ -6,7 +6,7 @@ from ..checkpoint import load_network_weights
 from ..context import setup_context
 from ..data.dataset import check_token_ids, create_dataset
 from ..evaluation import evaluate_split, format_table
-from ..files import atomic_path
+from ..files import atomic_path, check_output_file
 from ..models.coupalign import CoupAlign
 from ..parallel import RankGroup
 
@@ -44,6 +44,9 @@ def write_json_atomic(path, data):
 
 def run_eval(config):
     """Evaluates `ckpt_path` on every split; under msrun each rank evaluates its shard and rank 0 writes."""
+    for flag in ("result_json", "per_sample_json"):
+        if config[flag]:
+            check_output_file(config[flag], flag)
     ranks = RankGroup(*setup_context(config, allow_parallel=True))
     splits = parse_splits(config)
     for split in splits:

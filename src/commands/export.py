@@ -5,7 +5,7 @@ import mindspore as ms
 
 from ..checkpoint import load_network_weights
 from ..context import setup_context
-from ..files import atomic_path
+from ..files import atomic_path, check_output_file
 from ..models.coupalign import CoupAlign
 
 FORMATS = ("MINDIR", "AIR", "ONNX")
@@ -22,13 +22,14 @@ def example_inputs(config, batch):
 def run_export(config):
     if config.file_format not in FORMATS:
         raise ValueError(f"file_format must be one of {FORMATS}, got '{config.file_format}'")
+    suffix = "." + config.file_format.lower()
+    final = config.file_name if config.file_name.endswith(suffix) else config.file_name + suffix
+    check_output_file(final, "file_name")
     setup_context(config)
     # A MINDIR must not call into a library compiled for this machine.
     net = CoupAlign.from_config(config, cpu_kernels=False)
     load_network_weights(net, config.ckpt_path)
     net.set_train(False)
-    suffix = "." + config.file_format.lower()
-    final = config.file_name if config.file_name.endswith(suffix) else config.file_name + suffix
     with atomic_path(final, suffix=suffix) as temp:
         ms.export(net, *example_inputs(config, config.export_batch_size), file_name=temp,
                   file_format=config.file_format)

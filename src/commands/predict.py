@@ -10,11 +10,12 @@ from ..checkpoint import load_network_weights
 from ..context import setup_context
 from ..data.dataset import preprocess_image
 from ..data.tokenizer import build_tokenizer
-from ..files import atomic_path
+from ..files import atomic_path, check_output_file
 
 OVERLAY_COLOUR = (255, 80, 0)  # BGR: blue-ish fill
 OUTLINE_COLOUR = (0, 255, 255)
 MIN_DISPLAY_SIDE = 320
+PICTURE_FORMATS = (".png", ".jpg", ".jpeg", ".bmp")
 
 
 class PredictError(ValueError):
@@ -86,12 +87,21 @@ def encode_query(config):
     return input_ids, attention_mask
 
 
+def check_picture_path(path):
+    """The overlay's format follows --output's extension; anything else is refused before the work."""
+    if os.path.splitext(path)[1].lower() not in PICTURE_FORMATS:
+        raise PredictError(f"--output {path}: name the picture {', '.join(PICTURE_FORMATS[:-1])} or "
+                           f"{PICTURE_FORMATS[-1]} (its format follows the extension)")
+    check_output_file(path, "output")
+
+
 def predict(config):
-    """Writes the overlay PNG to --output and returns the boolean mask at the image's own size."""
+    """Writes the overlay picture to --output and returns the boolean mask at the image's own size."""
     if not config.sentence.strip():
         raise PredictError("--sentence is empty")
     if not config.mindir and not config.ckpt_path:
         raise PredictError("give --ckpt_path (a trained checkpoint) or --mindir (an exported model)")
+    check_picture_path(config.output)
     rgb = read_image(config.image)
     input_ids, attention_mask = encode_query(config)
     setup_context(config)
@@ -105,9 +115,9 @@ def predict(config):
     logits = cv2.resize(logits, (width, height), interpolation=cv2.INTER_LINEAR)
     binary = logits > 0
     overlay = overlay_mask(rgb, binary, config.sentence)
-    ok, encoded = cv2.imencode(".png", overlay)
+    ok, encoded = cv2.imencode(os.path.splitext(config.output)[1].lower(), overlay)
     if not ok:
-        raise PredictError("could not encode the overlay as PNG")
+        raise PredictError(f"could not encode the overlay for {config.output}")
     with atomic_path(config.output) as temp:
         encoded.tofile(temp)
     print(f"mask covers {binary.mean() * 100:.1f}% of the image; overlay written to {config.output}")

@@ -26,7 +26,7 @@ from src.data.dataset import (LAYOUT_VERSION, encode_mask, index_path, mask_byte
                               mindrecord_name, mindrecord_path)
 from src.data.refer import Refer, ReferError
 from src.data.tokenizer import VocabError, build_tokenizer
-from src.files import atomic_path
+from src.files import atomic_path, check_output_folder
 
 WRITE_CHUNK = 64
 # MindRecord's defaults (16 MiB header, 32 MiB pages) make every file about 50 MB long, however little it
@@ -322,6 +322,10 @@ def check_config(config):
             raise ConfigError(f"--{key} is required")
     if int(config.num_shards) < 1:
         raise ConfigError(f"--num_shards must be at least 1, got {config.num_shards}")
+    try:
+        check_output_folder(config.mindrecord_dir, "mindrecord_dir")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def build(config):

@@ -14,6 +14,7 @@ import numpy as np
 import mindspore as ms
 
 from ..checkpoint import CheckpointError, load_network_weights, read_checkpoint, save_checkpoint
+from ..files import check_output_folder
 
 TRAINING_STATE = "training_state"
 
@@ -188,8 +189,7 @@ def claim_output_dir(output_dir, resume_ckpt, overwrite, is_main, stamp):
     """Makes output_dir this run's: refuses one that holds another run (unless resume_ckpt lies in it, or
     overwrite is set: then rank 0 moves the old run's files into output_dir/replaced_<stamp>/, deleting
     nothing). Returns the folder the old files went to, or None."""
-    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        raise ValueError(f"--output_dir {output_dir} is a file, not a folder")
+    check_output_folder(output_dir, "output_dir")
     found = previous_run_files(output_dir)
     resuming = bool(resume_ckpt) and os.path.dirname(os.path.abspath(resume_ckpt)) in (
         os.path.abspath(output_dir), *(os.path.abspath(os.path.join(output_dir, name)) for name in found))
