@@ -26,10 +26,14 @@ def load_vocab(vocab_file):
         raise VocabError(f"vocab file not found: '{vocab_file}' (set --vocab_file to a BERT vocab.txt)")
     vocab = {}
     with open(vocab_file, "r", encoding="utf-8") as handle:
-        for index, line in enumerate(handle):
-            token = line.rstrip("\n").rstrip("\r")
-            if token and token not in vocab:
-                vocab[token] = index
+        try:
+            for index, line in enumerate(handle):
+                token = line.rstrip("\n").rstrip("\r")
+                if token and token not in vocab:
+                    vocab[token] = index
+        except UnicodeDecodeError as err:
+            raise VocabError(f"vocab file {vocab_file} is not UTF-8 text (byte 0x{err.object[err.start]:02x} "
+                             "cannot be decoded): is it a vocab.txt?") from None
     for special in (PAD, UNK, CLS, SEP):
         if special not in vocab:
             raise VocabError(f"vocab file {vocab_file} has no {special} token")

@@ -159,6 +159,13 @@ def test_vocab_without_pad_first_is_refused(tmp_path):
         build_tokenizer(str(path))
 
 
+def test_vocab_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "vocab.txt"
+    path.write_bytes(b"[PAD]\n[UNK]\n\xff\xfe binary\n")
+    with pytest.raises(VocabError, match=r"vocab file .*vocab.txt is not UTF-8 text \(byte 0xff"):
+        build_tokenizer(str(path))
+
+
 def test_small_vocab_unknown_words(tmp_path):
     path = tmp_path / "vocab.txt"
     path.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nthe\nred\ncircle\n.\n")
