@@ -128,6 +128,11 @@ def train(config):
     if config.stop_after_epochs > 0:
         end_epoch = min(config.epochs, start.epoch + config.stop_after_epochs)
     runner.global_step = resume_global_step(start, steps_per_epoch, config.resume_ckpt)
+    if config.resume_ckpt:
+        moved = log.continue_from(start, config.resume_ckpt)
+        if moved and is_main:
+            print(f"note: {moved} log record(s) written after {config.resume_ckpt} by the stopped run were moved "
+                  f"to train_log.superseded.jsonl", flush=True)
     if is_main:
         batch = f"batch {config.batch_size} x {group_size} device(s)"
         if config.grad_accum_steps > 1:

@@ -181,7 +181,7 @@ def previous_run_files(output_dir):
     if not os.path.isdir(output_dir):
         return []
     return sorted(name for name in os.listdir(output_dir)
-                  if name.endswith(".ckpt") or name == "train_log.jsonl"
+                  if name.endswith(".ckpt") or name in ("train_log.jsonl", "train_log.superseded.jsonl")
                   or (name.startswith("rank_") and os.path.isdir(os.path.join(output_dir, name))))
 
 

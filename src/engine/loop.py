@@ -1,12 +1,14 @@
 """Training epochs: the step-wise epoch, the sink-mode epoch (whole epoch on the device), their log
 records, and the loop over epochs with validation and checkpoints."""
 import json
+import os
 import time
 
 import mindspore as ms
 
 from ..data.dataset import raising_decode_errors
 from ..evaluation import metrics_summary
+from ..files import atomic_path
 from .train_step import ScheduledTrainStep
 
 
@@ -18,11 +20,46 @@ class JsonLog:
         self.path = path if rank_id == 0 else None
         self.prefix = f"[rank {rank_id}] " if group_size > 1 else ""
 
+    def continue_from(self, position, checkpoint):
+        """Before a resumed run writes: the records written after `checkpoint` (Position `position`) by the
+        run that was stopped, and a torn last line, move to train_log.superseded.jsonl (appended), so that
+        the log reads as one run; a record of the resume takes their place. Returns how many moved."""
+        if self.path is None or not os.path.isfile(self.path):
+            return 0
+        with open(self.path, "r", encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+        kept, superseded = [], []
+        for line in lines:
+            (superseded if _written_after(line, position) else kept).append(line)
+        resumed = {"resumed_from": checkpoint, "epochs_done": position.epoch, "step": position.global_step,
+                   "superseded_records": len(superseded)}
+        if superseded:
+            side_file = os.path.splitext(self.path)[0] + ".superseded.jsonl"
+            with open(side_file, "a", encoding="utf-8") as handle:
+                handle.write("".join(line + "\n" for line in superseded))
+        with atomic_path(self.path, suffix=".jsonl") as temp, open(temp, "w", encoding="utf-8") as handle:
+            handle.write("".join(line + "\n" for line in kept) + json.dumps(resumed) + "\n")
+        return len(superseded)
+
     def write(self, record, echo):
         if self.path is not None:
             with open(self.path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
         print(self.prefix + echo, flush=True)
+
+
+def _written_after(line, position):
+    """True for a log line that a run resumed at `position` supersedes: a step record past its global
+    step, an epoch record past its epoch, or a line that is not a whole record (torn by a kill)."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return True
+    if not isinstance(record, dict):
+        return True
+    if "step" in record:
+        return record["step"] > position.global_step
+    return record.get("epoch", 0) > position.epoch
 
 
 def step_losses(outputs):

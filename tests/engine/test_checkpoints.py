@@ -1,5 +1,6 @@
 """Checkpoint policy: last.ckpt holds the training state, best / epoch checkpoints the weights only; which
 rank writes; resume vs init; saving and stopping in the middle of an epoch."""
+import json
 import os
 
 import numpy as np
@@ -208,3 +209,31 @@ def test_a_run_stopped_mid_epoch_and_resumed_ends_like_a_straight_run(tmp_path):
     resumed = toy_run(tmp_path / "split", resume=True)
     np.testing.assert_allclose(resumed.network.dense.weight.asnumpy(), straight, rtol=1e-6)
     assert int(saved(tmp_path / "split" / "last.ckpt")["step"].asnumpy()) == STEPS_PER_EPOCH
+
+
+def test_a_resumed_log_moves_the_stopped_runs_later_records_aside(tmp_path):
+    """Killed at step 14 of 10-step epochs, resumed from the checkpoint of step 10 (end of epoch 1)."""
+    path = tmp_path / "train_log.jsonl"
+    lines = [json.dumps({"epoch": 1, "step": step, "loss": 1.0}) for step in range(1, 11)]
+    lines.append(json.dumps({"epoch": 1, "mean_loss": 1.0}))
+    later = [json.dumps({"epoch": 2, "step": step, "loss": 0.5}) for step in range(11, 15)]
+    path.write_text("\n".join(lines + later) + '\n{"epoch": 2, "st')
+    log = JsonLog(str(path))
+    assert log.continue_from(Position(1, 0, 10), "out/last.ckpt") == 5
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert records[:-1] == [json.loads(line) for line in lines]
+    assert records[-1] == {"resumed_from": "out/last.ckpt", "epochs_done": 1, "step": 10, "superseded_records": 5}
+    assert (tmp_path / "train_log.superseded.jsonl").read_text() == "\n".join(later) + '\n{"epoch": 2, "st\n'
+    # a second resume from the same checkpoint keeps the log as it is, apart from its own record
+    assert log.continue_from(Position(1, 0, 10), "out/last.ckpt") == 0
+    assert [json.loads(line) for line in path.read_text().splitlines()][:-1] == records
+
+
+def test_a_log_resumed_mid_epoch_keeps_the_finished_epochs_record(tmp_path):
+    path = tmp_path / "train_log.jsonl"
+    path.write_text("\n".join(json.dumps(record) for record in (
+        {"epoch": 1, "step": 10}, {"epoch": 1, "mean_loss": 1.0}, {"epoch": 2, "step": 15},
+        {"epoch": 2, "step": 16}, {"epoch": 2, "mean_loss": 0.5})) + "\n")
+    assert JsonLog(str(path)).continue_from(Position(1, 5, 15), "last.ckpt") == 2
+    assert [json.loads(line).get("step") for line in path.read_text().splitlines()] == [10, None, 15, 15]
+    assert JsonLog(None).continue_from(Position(1, 5, 15), "last.ckpt") == 0
