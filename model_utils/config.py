@@ -146,15 +146,31 @@ def get_config(argv=None, config_path=None, overrides=None):
         if key not in values:
             raise ConfigError(f"unknown config key '{key}'")
         values[key] = value
+    check_positive(values)
     config = Config(values)
     config.config_path = os.path.abspath(path)
     return config
 
 
+# Sizes and counts that have no meaning below 1 (a 0 would fail later, deep inside MindSpore).
+POSITIVE_KEYS = ("batch_size", "eval_batch_size", "export_batch_size", "epochs", "image_size", "max_tokens",
+                 "num_parallel_workers", "grad_accum_steps", "log_interval", "vocab_size")
+
+
+def check_positive(values):
+    for key in POSITIVE_KEYS:
+        if key in values and isinstance(values[key], int) and not isinstance(values[key], bool) and values[key] < 1:
+            raise ConfigError(f"--{key} must be at least 1, got {values[key]}")
+
+
 def _print_help(path):
-    data = load_yaml(path)
-    print(f"usage: --config_path PATH and --<key> <value> for any key of {path}:")
-    for key, value in data.items():
+    """Every key, with its value from `path` over the defaults of default_config.yaml."""
+    values = dict(load_yaml(DEFAULT_CONFIG))
+    chosen = load_yaml(path) if os.path.abspath(path) != DEFAULT_CONFIG else {}
+    values.update(chosen)
+    print(f"usage: --config_path PATH, then --<key> <value> for any key below (values of {path}"
+          + (f", the rest from {DEFAULT_CONFIG}" if chosen else "") + "):")
+    for key, value in values.items():
         print(f"  --{key} (default: {value!r})")
 
 

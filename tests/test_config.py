@@ -1,7 +1,7 @@
 """Config: YAML + --key value overrides, typed, unknown keys named."""
 import pytest
 
-from model_utils.config import ConfigError, get_config
+from model_utils.config import DEFAULT_CONFIG, ConfigError, get_config, load_yaml
 from tests.conftest import TINY_CONFIG
 
 
@@ -40,3 +40,21 @@ def test_bad_value_type_is_named():
 def test_missing_config_file_is_named():
     with pytest.raises(ConfigError, match="not_here.yaml"):
         get_config(["--config_path", "not_here.yaml"])
+
+
+@pytest.mark.parametrize("key", ["batch_size", "epochs", "image_size", "log_interval", "num_parallel_workers"])
+def test_sizes_below_one_name_the_flag(key):
+    with pytest.raises(ConfigError, match=f"^--{key} must be at least 1, got 0$"):
+        get_config([f"--{key}", "0"])
+
+
+def test_help_lists_every_key_with_the_given_files_values(capsys):
+    with pytest.raises(SystemExit) as info:
+        get_config(["--config_path", TINY_CONFIG, "--help"])
+    assert info.value.code == 0
+    shown = capsys.readouterr().out
+    defaults = load_yaml(DEFAULT_CONFIG)
+    tiny = load_yaml(TINY_CONFIG)
+    assert set(defaults) - set(tiny)  # keys only default_config.yaml has are listed too
+    for key, value in {**defaults, **tiny}.items():
+        assert f"  --{key} (default: {value!r})" in shown
