@@ -1,5 +1,8 @@
 """train.py: config -> data, network, train step; the epochs themselves run in src.engine.loop."""
+import contextlib
 import os
+import signal
+import sys
 import time
 
 import mindspore.nn as nn
@@ -91,6 +94,27 @@ def resume_global_step(position, steps_per_epoch, path):
     return global_step
 
 
+@contextlib.contextmanager
+def interruptible(enabled):
+    """Ctrl-C and SIGTERM (a scheduler's stop) become KeyboardInterrupt in the training loop; a second one
+    ends the process at once. MindSpore's graph runtime installs its own SIGINT handler, which raises
+    SIGTERM, so SIGTERM is the signal to catch. Not in a distributed run: msrun stops its workers with
+    SIGTERM, and a worker waiting in a collective must die at once rather than when the wait returns."""
+    if not enabled:
+        yield
+        return
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def train(config):
     """Trains CoupAlign as the config says; leaves last.ckpt (and best.ckpt once validation ran)."""
     check_training_options(config)
@@ -150,7 +174,12 @@ def train(config):
             return None
         return evaluate_split(net, val_data, description="val", ranks=ranks)
 
-    train_epochs(runner, make_data, range(start.epoch, end_epoch), validate, checkpoints, start.step_in_epoch)
+    try:
+        with interruptible(not ranks.distributed):
+            train_epochs(runner, make_data, range(start.epoch, end_epoch), validate, checkpoints, start.step_in_epoch)
+    except KeyboardInterrupt:
+        print(f"interrupted at step {runner.global_step}: {checkpoints.resume_hint()}", file=sys.stderr, flush=True)
+        sys.exit(130)
     check_ranks_agree(loss_net, ranks)
     if is_main:
         print(checkpoints.summary(), flush=True)

@@ -148,6 +148,12 @@ class TrainingCheckpoints:
         if new_best:
             save_checkpoint(self.train_step.network, self.best_path, append_dict=metadata)
 
+    def resume_hint(self):
+        """What an interrupted run can be continued from."""
+        if self.last_path and os.path.isfile(self.last_path):
+            return f"continue it with --resume_ckpt {self.last_path}"
+        return "no training state was saved yet (last.ckpt is written after each epoch, or every save_every_steps)"
+
     def summary(self):
         """The closing line: where the last (and the best) checkpoint is."""
         return f"last checkpoint: {self.last_path}" + (f"; best: {self.best_path} (val oIoU {self.best_oiou:.4f})"

@@ -1,6 +1,7 @@
 """The whole loop on the synthetic referring set: convert, train, evaluate, export, predict; resume."""
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -260,3 +261,23 @@ def test_train_never_replaces_another_run_unless_told(small_set, tmp_path):
     refused = run([*common[:-1], str(as_file)], check=False)
     assert refused.returncode == 1 and refused.stderr.strip().splitlines()[-1] == (
         f"error: --output_dir {as_file} is a file, not a folder")
+
+
+def test_ctrl_c_ends_training_with_the_resume_hint(small_set):
+    root, flags = small_set
+    output = root / "interrupted"
+    process = subprocess.Popen([sys.executable, "train.py", *flags, "--epochs", "2", "--save_every_steps", "1",
+                                "--log_interval", "1", "--output_dir", str(output)],
+                               cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               # as at a terminal: a background job (CI) inherits SIGINT ignored
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    for line in process.stdout:
+        if line.startswith("epoch 1/2 step 2/"):
+            break
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("interrupted at step ")
+    assert last.endswith(f"continue it with --resume_ckpt {output / 'last.ckpt'}") and (output / "last.ckpt").is_file()
