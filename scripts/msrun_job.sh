@@ -97,9 +97,16 @@ run_msrun_job() {
     mkdir -p "$LOG_DIR"
     echo "msrun: machine $node_rank of $node_num, $device_num worker(s) on $device_target" \
          "($((node_num * device_num)) in all), scheduler $master_addr:$master_port, logs in $LOG_DIR"
+    # msrun starts the workers with its own interpreter: the project's .venv one unless MSRUN says otherwise.
+    local msrun=${MSRUN:-}
+    if [ -z "$msrun" ]; then
+        source "$root/scripts/project_python.sh"
+        msrun="$(dirname "$(project_python "$root")")/msrun"
+        [ -x "$msrun" ] || msrun=msrun
+    fi
     cd "$root"
     set +e
-    "${MSRUN:-msrun}" --worker_num $((node_num * device_num)) --local_worker_num "$device_num" \
+    "$msrun" --worker_num $((node_num * device_num)) --local_worker_num "$device_num" \
         --node_rank "$node_rank" --master_addr "$master_addr" --master_port "$master_port" \
         --cluster_time_out "${CLUSTER_TIME_OUT:-600}" --log_dir "$LOG_DIR" --join True "${extra[@]}" \
         "$script" --config_path "$config_path" --device_target "$device_target" "$@" 2>&1 | tee "$LOG_DIR/msrun.log"

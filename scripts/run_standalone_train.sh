@@ -15,6 +15,7 @@ if [ $# -gt 0 ] && [[ "$1" != --* ]]; then
     CONFIG_PATH=$(realpath "$1")
     shift
 fi
-PYTHON=${PYTHON:-python}
+source "$ROOT/scripts/project_python.sh"
+PYTHON=$(project_python "$ROOT")
 cd "$ROOT"
 "$PYTHON" train.py --config_path "$CONFIG_PATH" --device_target "$DEVICE_TARGET" "$@"
