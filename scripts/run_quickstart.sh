@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Quick start on the built-in synthetic referring set with the tiny model, on CPU:
-# creates .venv if needed, writes the data, converts it to MindRecord, trains, evaluates, exports MINDIR
-# and writes a prediction PNG. Usage: bash scripts/run_quickstart.sh [WORK_DIR]   (default: ./quickstart)
+# creates .venv if needed, writes the data, converts it to MindRecord, trains, evaluates, exports MINDIR,
+# writes a prediction PNG and a contact sheet of the first 8 val refs with their IoUs.
+# Usage: bash scripts/run_quickstart.sh [WORK_DIR]   (default: ./quickstart)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -21,22 +22,25 @@ RECORDS=$WORK/mindrecord
 OUT=$WORK/output
 COMMON=(--config_path "$CONFIG" --mindrecord_dir "$RECORDS" --vocab_file "$DATA/vocab.txt")
 
-echo "== 1/6 writing the synthetic referring set to $DATA"
+echo "== 1/7 writing the synthetic referring set to $DATA"
 "$PY" -m src.data.synthetic --out "$DATA"
-echo "== 2/6 converting it to MindRecord in $RECORDS"
+echo "== 2/7 converting it to MindRecord in $RECORDS"
 "$PY" -m src.data.build_mindrecord "${COMMON[@]}" --refer_data_root "$DATA" --image_root "$DATA/images" \
     --dataset refcoco --split_by unc
-echo "== 3/6 training the tiny model (checkpoints in $OUT)"
+echo "== 3/7 training the tiny model (checkpoints in $OUT)"
 "$PY" train.py "${COMMON[@]}" --output_dir "$OUT"
-echo "== 4/6 evaluating $OUT/best.ckpt on val, testA, testB"
+echo "== 4/7 evaluating $OUT/best.ckpt on val, testA, testB"
 "$PY" eval.py "${COMMON[@]}" --ckpt_path "$OUT/best.ckpt" --eval_splits val,testA,testB \
     --result_json "$OUT/eval_results.json"
-echo "== 5/6 exporting MINDIR"
+echo "== 5/7 exporting MINDIR"
 "$PY" export.py "${COMMON[@]}" --ckpt_path "$OUT/best.ckpt" --file_name "$OUT/coupalign_tiny" --file_format MINDIR
-echo "== 6/6 predicting one validation sentence"
+echo "== 6/7 predicting one validation sentence"
 read -r IMAGE SENTENCE < <("$PY" -m src.data.synthetic --out "$DATA" --print_example val)
 "$PY" predict.py "${COMMON[@]}" --ckpt_path "$OUT/best.ckpt" --image "$IMAGE" --sentence "$SENTENCE" \
     --output "$OUT/prediction.png"
+echo "== 7/7 contact sheet of the first 8 validation refs (in val order, not chosen by score)"
+"$PY" -m src.tools.contact_sheet "${COMMON[@]}" --ckpt_path "$OUT/best.ckpt" --eval_split val --num_examples 8 \
+    --output "$OUT/quickstart_contact_sheet.png"
 echo
 echo "quick start finished in $(( $(date +%s) - START )) s"
 echo "  data:        $DATA"
@@ -45,3 +49,4 @@ echo "  checkpoints: $OUT/last.ckpt, $OUT/best.ckpt (log: $OUT/train_log.jsonl)"
 echo "  metrics:     $OUT/eval_results.json"
 echo "  MINDIR:      $OUT/coupalign_tiny.mindir"
 echo "  prediction:  $OUT/prediction.png  (\"$SENTENCE\" on $IMAGE)"
+echo "  contact sheet: $OUT/quickstart_contact_sheet.png  (the first 8 val refs with sentence and IoU)"
