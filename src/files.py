@@ -1,5 +1,7 @@
-"""Writing files atomically: nothing half-written ever appears under the final name."""
+"""Files: written atomically (nothing half-written ever appears under the final name), output paths checked
+before long work, checksums."""
 import contextlib
+import hashlib
 import os
 
 
@@ -50,3 +52,12 @@ def check_output_folder(path, flag):
     if os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(f"--{flag} {path} is a file, not a folder")
     _check_writable_folder(_nearest_existing(path), flag, path)
+
+
+def file_sha256(path, block_bytes=4 * 1024 * 1024):
+    """Hex sha256 of a file, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(block_bytes), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -6,8 +6,9 @@ python -m src.data.build_mindrecord --refer_data_root R --image_root I --dataset
 Layout 3 (docs/data_preparation.md): each image is stored once, with the masks of its refs; the
 sentences (ids and tokens) live in a small side file `<name>.index.npz` that the pipeline reads to draw
 one sentence per ref (training) or to walk every sentence (evaluation). Each set is written in a hidden
-temporary folder of mindrecord_dir and moved into place when complete; the first file's .db index is
-moved last, so a set whose first .db exists is complete.
+temporary folder of mindrecord_dir and moved into place when complete, with its manifest
+`<name>.manifest.json` (counts, every file's size and sha256, the sources' sizes); the first file's .db index
+is moved last, so a set whose first .db exists is complete.
 """
 import array
 import json
@@ -22,12 +23,14 @@ from tqdm import tqdm
 from mindspore.mindrecord import FileWriter
 
 from model_utils.config import ConfigError, get_config
-from src.data.dataset import (LAYOUT_VERSION, encode_mask, index_path, mask_bytes_bound, mindrecord_files,
-                              mindrecord_name, mindrecord_path)
+from src.data.dataset import (LAYOUT_VERSION, encode_mask, index_path, manifest_path, mask_bytes_bound,
+                              mindrecord_files, mindrecord_name, mindrecord_path)
 from src.data.refer import Refer, ReferError
 from src.data.tokenizer import VocabError, build_tokenizer
-from src.files import atomic_path, check_output_folder
+from src.files import atomic_path, check_output_folder, file_sha256
 
+# The manifest's format (and the converter's as a whole): bump it when either changes.
+CONVERTER_VERSION = 1
 WRITE_CHUNK = 64
 # MindRecord's defaults (16 MiB header, 32 MiB pages) make every file about 50 MB long, however little it
 # holds; the bytes beyond the data are holes on disk but real bytes for cp or an object store. Pages are
@@ -240,21 +243,50 @@ def write_split(tmp_base, rows, num_shards, layout):
     return count
 
 
-def publish(tmp_dir, final_base, final_index):
-    """Replace the final file set (and its index) by the one in tmp_dir; the first .db goes last, as the
-    completion mark, and is the first old file removed."""
+def publish(tmp_dir, final_base, side_files):
+    """Replace the final file set (and its side files: index, manifest) by the one in tmp_dir; the first .db
+    goes last, as the completion mark, and is the first old file removed."""
     old = mindrecord_files(final_base)
     marker_names = (final_base + ".db", final_base + "0.db")
     for path in sorted(old, key=lambda item: item not in marker_names):
         os.remove(path)
-    if os.path.exists(final_index):
-        os.remove(final_index)
+    for path in side_files:
+        if os.path.exists(path):
+            os.remove(path)
     folder = os.path.dirname(final_base)
     names = sorted(os.listdir(tmp_dir))
     markers = [name for name in names if os.path.join(folder, name) in marker_names]
     for name in [name for name in names if name not in markers] + markers:
         os.replace(os.path.join(tmp_dir, name), os.path.join(folder, name))
     shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def file_entry(path, with_sha256=True):
+    entry = {"name": os.path.basename(path), "bytes": os.path.getsize(path)}
+    if with_sha256:
+        entry["sha256"] = file_sha256(path)
+    return entry
+
+
+def manifest_of(tmp_dir, split, stats, refer, config):
+    """What the manifest of a set written in tmp_dir holds: counts, {name, bytes, sha256} of every file there
+    and the sources' sizes (the vocab's sha256: two vocabs of one size give other tokens). Nothing depends on
+    the time or the machine, so a rerun on the same input writes the same bytes."""
+    return {
+        "converter_version": CONVERTER_VERSION, "layout": LAYOUT_VERSION,
+        "dataset": config.dataset, "split_by": config.split_by, "split": split,
+        "rows": len(stats.images), "refs": len(stats.refs), "sentences": stats.sentences,
+        "max_tokens": int(config.max_tokens),
+        "files": [file_entry(os.path.join(tmp_dir, name)) for name in sorted(os.listdir(tmp_dir))],
+        "sources": {"instances": file_entry(refer.instances_path, with_sha256=False),
+                    "refs": file_entry(refer.refs_path, with_sha256=False),
+                    "vocab": file_entry(config.vocab_file)},
+    }
+
+
+def write_manifest(path, manifest):
+    with atomic_path(path) as temp, open(temp, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
 
 def write_skip_report(path, stats):
@@ -281,15 +313,18 @@ def convert_split(refer, split, tokenizer, config):
     groups = refs_by_image(refs)
     index = SplitIndex(int(config.max_tokens))
     final_index = index_path(config.mindrecord_dir, config.dataset, config.split_by, split)
+    final_manifest = manifest_path(config.mindrecord_dir, config.dataset, config.split_by, split)
     try:
         rows = iter_rows(refer, groups, tokenizer, index, bool(config.skip_bad), stats)
         write_split(os.path.join(tmp_dir, os.path.basename(final_base)), rows, int(config.num_shards),
                     FileLayout(FileLayout.of_images(refer, groups), int(config.num_shards)))
         index.save(os.path.join(tmp_dir, os.path.basename(final_index)))
+        manifest = manifest_of(tmp_dir, split, stats, refer, config)
+        write_manifest(os.path.join(tmp_dir, os.path.basename(final_manifest)), manifest)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
-    publish(tmp_dir, final_base, final_index)
+    publish(tmp_dir, final_base, [final_index, final_manifest])
     write_skip_report(os.path.join(config.mindrecord_dir, f"{name}_skipped.txt"), stats)
     return stats
 

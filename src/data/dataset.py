@@ -9,6 +9,7 @@ attention_mask int32 (B, T), mask float32 (B, 1, S, S) in {0, 1}; with_ids=True 
 ref_id and sent_id int64 (B,).
 """
 import contextlib
+import json
 import os
 import re
 import zipfile
@@ -19,6 +20,7 @@ import numpy as np
 import mindspore.dataset as ds
 
 from src.data.refer import file_tag
+from src.files import file_sha256
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -27,6 +29,8 @@ ID_COLUMNS = ["ref_id", "sent_id"]
 # 1: one row per sentence (before the index file); 2: one row per image + index, PNG masks;
 # 3: masks as zlib-compressed bits (encode_mask)
 LAYOUT_VERSION = 3
+INDEX_SUFFIX = ".index.npz"
+MANIFEST_SUFFIX = ".manifest.json"
 
 
 class LayoutError(ValueError):
@@ -45,7 +49,12 @@ def mindrecord_path(mindrecord_dir, dataset, split_by, split):
 
 def index_path(mindrecord_dir, dataset, split_by, split):
     """The split's index (refs, sentences, tokens) that goes with its MindRecord file set."""
-    return os.path.join(mindrecord_dir, mindrecord_name(dataset, split_by, split) + ".index.npz")
+    return os.path.join(mindrecord_dir, mindrecord_name(dataset, split_by, split) + INDEX_SUFFIX)
+
+
+def manifest_path(mindrecord_dir, dataset, split_by, split):
+    """The split's manifest: counts, and the size and sha256 of every file of the set (see read_manifest)."""
+    return os.path.join(mindrecord_dir, mindrecord_name(dataset, split_by, split) + MANIFEST_SUFFIX)
 
 
 def mindrecord_files(base_path):
@@ -193,13 +202,22 @@ class SplitTable:
         self.ref_first_sent = np.searchsorted(self.sent_refs, np.arange(len(self.ref_ids)))
         self.ref_num_sents = np.bincount(self.sent_refs, minlength=len(self.ref_ids))
 
+    def ref_entries(self, image_row):
+        """Entries of the refs of an image row, in the order of its masks (refs are grouped by image row)."""
+        return range(int(np.searchsorted(self.ref_images, image_row, side="left")),
+                     int(np.searchsorted(self.ref_images, image_row, side="right")))
+
+    def sent_entries(self, ref_entry):
+        """Entries of a ref's sentences."""
+        first = int(self.ref_first_sent[ref_entry])
+        return range(first, first + int(self.ref_num_sents[ref_entry]))
+
     def describe(self, image_row, ref_slot=None):
         """'image_id I' of an image row, with ', ref_id R' of the ref in `ref_slot` of that row's masks."""
         text = f"image_id {int(self.image_ids[image_row])}"
         if ref_slot is None:
             return text
-        first_ref_of_row = int(np.searchsorted(self.ref_images, image_row))  # refs are grouped by image row
-        return f"{text}, ref_id {int(self.ref_ids[first_ref_of_row + ref_slot])}"
+        return f"{text}, ref_id {int(self.ref_ids[self.ref_entries(image_row)[ref_slot]])}"
 
     def training_plan(self, seed, epoch, rank_id, group_size):
         """Sentence entries of this rank's share of an epoch: every ref once in an order drawn from
@@ -225,7 +243,10 @@ class SplitTable:
                 "ref_id": self.ref_ids[refs], "sent_id": self.sent_ids[sentences]}
 
 
-_TABLES = {}
+_TABLES = {}  # (state of the set's files, checksums checked) -> SplitTable
+MAX_CACHED_TABLES = 8  # a training run alternates between its train and val sets
+DATA_CHECKS = ("sha256", "sizes")
+CHECKSUM_NOTE_BYTES = 512 * 1024 * 1024
 
 
 def reconvert_hint(dataset, split_by, mindrecord_dir):
@@ -233,41 +254,128 @@ def reconvert_hint(dataset, split_by, mindrecord_dir):
             f"--split_by {split_by} --mindrecord_dir {mindrecord_dir} ...")
 
 
-def load_split_table(first_file, index_file, hint):
-    """The SplitTable of a complete file set, checked against it; LayoutError when it is missing (a set
-    written by an older converter), of another layout, corrupt, or not the set's."""
+def verify_hint(mindrecord_dir):
+    return f"check it with: python -m src.data.verify --mindrecord_dir {mindrecord_dir}"
+
+
+def read_manifest(manifest_file, first_file, hint):
+    """The manifest the converter wrote next to a file set (a dict, see build_mindrecord.manifest_of);
+    LayoutError when it is missing (a set written by an older converter) or unreadable."""
+    if not os.path.isfile(manifest_file):
+        raise LayoutError(f"{first_file} has no manifest {os.path.basename(manifest_file)}: it was written by an "
+                          f"older converter (before manifests); {hint}")
+    try:
+        with open(manifest_file, encoding="utf-8") as handle:
+            manifest = json.load(handle)
+        if not isinstance(manifest.get("files"), list) or not isinstance(manifest.get("rows"), int):
+            raise ValueError("no files or rows")
+    except (OSError, ValueError, AttributeError) as err:
+        raise LayoutError(f"{manifest_file} is corrupt or incomplete ({err}); {hint}") from None
+    return manifest
+
+
+def set_state(manifest_file, manifest, index_file):
+    """(path, mtime, size) of the manifest, the index and every file the manifest lists (None when absent):
+    a set that has not changed since it was checked has the same state."""
+    folder = os.path.dirname(manifest_file)
+    paths = [manifest_file, index_file] + [os.path.join(folder, entry["name"]) for entry in manifest["files"]]
+    state = []
+    for path in paths:
+        try:
+            stat = os.stat(path)
+            state.append((os.path.abspath(path), stat.st_mtime_ns, stat.st_size))
+        except OSError:
+            state.append((os.path.abspath(path), None))
+    return tuple(state)
+
+
+def read_index(index_file, hint):
+    """The SplitTable of an index file of this layout; LayoutError when it is of another layout or corrupt."""
+    try:
+        with np.load(index_file, allow_pickle=False) as arrays:
+            layout = int(arrays["layout"])
+            if layout != LAYOUT_VERSION:
+                raise LayoutError(f"{index_file} is data layout {layout}, this version reads layout "
+                                  f"{LAYOUT_VERSION}; {hint}")
+            return SplitTable({name: arrays[name] for name in SplitTable.FIELDS})
+    except LayoutError:
+        raise
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
+        raise LayoutError(f"{index_file} is corrupt or incomplete ({err}); {hint}") from None
+
+
+def manifest_problems(manifest, folder, checksums):
+    """A line for every file the manifest lists that is missing, of another size or (with `checksums`) of
+    another sha256: a truncated copy, an interrupted download, bytes appended or damaged in place."""
+    problems = []
+    for entry in manifest["files"]:
+        path = os.path.join(folder, entry["name"])
+        if not os.path.isfile(path):
+            problems.append(f"{path} is missing (its manifest lists it, {entry['bytes']} bytes)")
+        elif os.path.getsize(path) != entry["bytes"]:
+            problems.append(f"{path} is {os.path.getsize(path)} bytes, its manifest says {entry['bytes']}: "
+                            "the file is damaged or incomplete")
+        elif checksums and file_sha256(path) != entry.get("sha256"):
+            problems.append(f"{path}: its sha256 differs from its manifest (the file's bytes are damaged)")
+    return problems
+
+
+def check_manifest_files(manifest, manifest_file, hint, checksums):
+    """LayoutError naming the first problem of manifest_problems (the sizes first: cheap)."""
+    if manifest.get("layout") != LAYOUT_VERSION:
+        raise LayoutError(f"{manifest_file} describes data layout {manifest.get('layout')}, this version reads "
+                          f"layout {LAYOUT_VERSION}; {hint}")
+    folder = os.path.dirname(manifest_file)
+    problems = manifest_problems(manifest, folder, False)
+    if not problems and checksums:
+        total = sum(entry["bytes"] for entry in manifest["files"])
+        if total > CHECKSUM_NOTE_BYTES:
+            print(f"data: checking the sha256 of {os.path.basename(manifest_file)[:-len(MANIFEST_SUFFIX)]} "
+                  f"({total / 1e9:.1f} GB; --data_check sizes skips it)", flush=True)
+        problems = manifest_problems(manifest, folder, True)
+    if problems:
+        raise LayoutError(f"{problems[0]}; {verify_hint(folder)}, or {hint}")
+
+
+def check_row_count(rows, source, first_file, index_file, table, hint):
+    if rows != len(table.image_ids):
+        raise LayoutError(f"{first_file} holds {rows} images but its index {index_file} lists "
+                          f"{len(table.image_ids)} (image count of {source}); {hint}")
+
+
+def load_split_table(first_file, index_file, manifest_file, hint, checksums=False):
+    """The SplitTable of a complete file set, checked against it and its manifest (sizes and counts; with
+    `checksums` every file's sha256 too, since MindSpore can crash natively on bytes damaged in place);
+    LayoutError when the index or the manifest is missing (a set written by an older converter), of another
+    layout, corrupt, not the set's, or when a file is missing, of another size or of another sha256."""
     if not os.path.isfile(index_file):
         raise LayoutError(f"{first_file} has no index {os.path.basename(index_file)}: it was written by an older "
                           f"converter (one row per sentence, layout 1); {hint}")
-    stat = os.stat(index_file)
-    key = (os.path.abspath(index_file), stat.st_mtime_ns, stat.st_size)
+    manifest = read_manifest(manifest_file, first_file, hint)
+    key = (set_state(manifest_file, manifest, index_file), bool(checksums))
     if key not in _TABLES:
-        try:
-            with np.load(index_file, allow_pickle=False) as arrays:
-                layout = int(arrays["layout"])
-                if layout != LAYOUT_VERSION:
-                    raise LayoutError(f"{index_file} is data layout {layout}, this version reads layout "
-                                      f"{LAYOUT_VERSION}; {hint}")
-                table = SplitTable({name: arrays[name] for name in SplitTable.FIELDS})
-        except LayoutError:
-            raise
-        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
-            raise LayoutError(f"{index_file} is corrupt or incomplete ({err}); {hint}") from None
+        table = read_index(index_file, hint)
+        check_row_count(manifest["rows"], "the manifest", first_file, index_file, table, hint)
+        check_manifest_files(manifest, manifest_file, hint, checksums)
+        # Only once the files match: MindSpore can crash natively on a truncated or damaged file.
         rows = ds.MindDataset(first_file, columns_list=["image_id"], shuffle=False).get_dataset_size()
-        if rows != len(table.image_ids):
-            raise LayoutError(f"{first_file} holds {rows} images but its index {index_file} lists "
-                              f"{len(table.image_ids)}; {hint}")
-        _TABLES.clear()
+        check_row_count(rows, "the MindRecord header", first_file, index_file, table, hint)
+        if len(_TABLES) >= MAX_CACHED_TABLES:
+            _TABLES.pop(next(iter(_TABLES)))
         _TABLES[key] = table
     return _TABLES[key]
 
 
 def split_table(config, split):
-    """(first MindRecord file, SplitTable) of a split; clear errors when it is missing or outdated."""
+    """(first MindRecord file, SplitTable) of a split; clear errors when it is missing, outdated or damaged."""
     first_file = find_mindrecord(config.mindrecord_dir, config.dataset, config.split_by, split)
     hint = reconvert_hint(config.dataset, config.split_by, config.mindrecord_dir)
     index_file = index_path(config.mindrecord_dir, config.dataset, config.split_by, split)
-    return first_file, load_split_table(first_file, index_file, hint)
+    manifest_file = manifest_path(config.mindrecord_dir, config.dataset, config.split_by, split)
+    if config.data_check not in DATA_CHECKS:
+        raise ValueError(f"data_check must be one of {', '.join(DATA_CHECKS)}, got '{config.data_check}'")
+    return first_file, load_split_table(first_file, index_file, manifest_file, hint,
+                                        checksums=config.data_check == "sha256")
 
 
 def _planned_source(first_file, table, sentences, workers):

@@ -19,7 +19,7 @@ from model_utils.config import get_config
 from src.data import build_mindrecord
 from src.data.build_mindrecord import DataError, build
 from src.data.dataset import (LAYOUT_VERSION, decode_mask_bits, find_mindrecord, first_mindrecord_file, index_path,
-                              load_split_table, mindrecord_path, ref_mask_bytes)
+                              load_split_table, manifest_path, mindrecord_path, ref_mask_bytes)
 from src.data.refer import Refer, ReferError, load_refs_pickle
 from src.data.synthetic import generate_synthetic
 from src.data.tokenizer import encode_sentence
@@ -45,7 +45,7 @@ def read_rows(first_file):
 
 def read_table(out, split):
     return load_split_table(find_mindrecord(out, "refcoco", "unc", split), index_path(out, "refcoco", "unc", split),
-                            "reconvert")
+                            manifest_path(out, "refcoco", "unc", split), "reconvert")
 
 
 def copy_synthetic(source, target):
@@ -164,7 +164,8 @@ def test_conversion_is_deterministic(synthetic_root, converted, tmp_path):
     for left, right in zip(first_rows, second_rows):
         for column in COLUMNS:
             assert np.asarray(left[column]).tobytes() == np.asarray(right[column]).tobytes(), column
-    for name in ("refcoco_unc_val.mindrecord0", "refcoco_unc_val.mindrecord1", "refcoco_unc_val.index.npz"):
+    for name in ("refcoco_unc_val.mindrecord0", "refcoco_unc_val.mindrecord1", "refcoco_unc_val.index.npz",
+                 "refcoco_unc_val.manifest.json"):
         with open(os.path.join(out, name), "rb") as a, open(os.path.join(tmp_path, name), "rb") as b:
             assert a.read() == b.read()
 
