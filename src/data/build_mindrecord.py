@@ -321,8 +321,12 @@ def convert_split(refer, split, tokenizer, config):
         index.save(os.path.join(tmp_dir, os.path.basename(final_index)))
         manifest = manifest_of(tmp_dir, split, stats, refer, config)
         write_manifest(os.path.join(tmp_dir, os.path.basename(final_manifest)), manifest)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+        if isinstance(err, DataError) and stats.skipped and not stats.images:
+            skipped_images = stats.skipped_counts()[2]
+            raise DataError(f"{name}: all {skipped_images} images were skipped by --skip_bad (the first: "
+                            f"{stats.skipped[0][3]}); nothing was written") from None
         raise
     publish(tmp_dir, final_base, [final_index, final_manifest])
     write_skip_report(os.path.join(config.mindrecord_dir, f"{name}_skipped.txt"), stats)
@@ -355,6 +359,9 @@ def check_config(config):
     for key in ("refer_data_root", "image_root", "vocab_file", "mindrecord_dir"):
         if not config[key]:
             raise ConfigError(f"--{key} is required")
+    for key in ("refer_data_root", "image_root"):
+        if not os.path.isdir(config[key]):
+            raise ConfigError(f"--{key} {config[key]} is not a folder")
     if int(config.num_shards) < 1:
         raise ConfigError(f"--num_shards must be at least 1, got {config.num_shards}")
     try:
@@ -371,6 +378,8 @@ def build(config):
         print(f"WARNING: {config.vocab_file} has {len(tokenizer)} tokens but vocab_size is {config.vocab_size}; "
               "ids at or above vocab_size will not fit the text encoder", file=sys.stderr)
     refer = Refer(config.refer_data_root, config.dataset, config.split_by, config.image_root)
+    if not refer.refs:
+        raise DataError(f"{refer.refs_path} holds no refs: nothing to convert")
     os.makedirs(config.mindrecord_dir, exist_ok=True)
     results = {}
     for split in selected_splits(refer, config.splits):

@@ -452,3 +452,37 @@ def test_a_set_of_many_pages_reads_back_whole(tmp_path, monkeypatch):
                 .create_tuple_iterator(output_numpy=True, num_epochs=1))
     assert [int(row[0]) for row in read] == list(range(2000))
     assert read[-1][1].tobytes() == blob
+
+
+def main_error(args):
+    """(exit code, stderr) of the converter's command line, called in-process."""
+    with contextlib.redirect_stderr(io.StringIO()) as err, contextlib.redirect_stdout(io.StringIO()):
+        code = build_mindrecord.main(args)
+    return code, err.getvalue().strip()
+
+
+def test_an_empty_refs_file_is_an_error_and_writes_nothing(synthetic_root, tmp_path):
+    root = copy_synthetic(synthetic_root, tmp_path / "data")
+    refs_path = os.path.join(root, "refcoco", "refs(unc).p")
+    with open(refs_path, "wb") as handle:
+        pickle.dump([], handle, protocol=2)
+    code, err = main_error(convert_args(root, tmp_path / "mr"))
+    assert (code, err) == (1, f"error: {refs_path} holds no refs: nothing to convert")
+    assert not (tmp_path / "mr").exists()
+
+
+def test_skip_bad_with_every_image_missing_says_so(synthetic_root, tmp_path):
+    empty_images = tmp_path / "no_images"
+    empty_images.mkdir()
+    args = convert_args(synthetic_root, tmp_path / "mr", "--skip_bad", "true", "--splits", "val")
+    args[args.index("--image_root") + 1] = str(empty_images)
+    code, err = main_error(args)
+    assert code == 1 and err.startswith("error: refcoco_unc_val: all ") and "images were skipped by --skip_bad" in err
+    assert f"image not found: {empty_images}" in err and err.endswith("nothing was written")
+    assert not set_files(tmp_path / "mr", "refcoco_unc_val")
+
+
+def test_an_image_root_that_is_not_a_folder_is_named(synthetic_root, tmp_path):
+    args = convert_args(synthetic_root, tmp_path / "mr")
+    args[args.index("--image_root") + 1] = str(tmp_path / "nowhere")
+    assert main_error(args) == (1, f"error: --image_root {tmp_path / 'nowhere'} is not a folder")
