@@ -310,7 +310,7 @@ def test_a_stored_image_that_does_not_decode_is_named(mindrecord_dir, tmp_path, 
     rows = list(ds.MindDataset(first, shuffle=False).create_dict_iterator(output_numpy=True))
     image = rows[0]["image"].tobytes()
     _overwrite_in_file(first, image[:64], bytes(64))  # no JPEG header left: nothing decodes
-    config = make_config(str(tmp_path), batch_size=1)
+    config = make_config(str(tmp_path), batch_size=1, data_check="sizes")  # the pipeline's own check, not sha256
     expected = f"image_id {int(rows[0]['image_id'])}: cannot decode the image"
     with pytest.raises(DecodeError, match=expected), raising_decode_errors():
         batches(create_dataset(config, split, training=training))
@@ -322,7 +322,7 @@ def test_zeros_inside_a_stored_jpeg_do_not_crash_the_pipeline(mindrecord_dir, tm
     middle = len(image) // 2
     _overwrite_in_file(find_mindrecord(str(tmp_path), "refcoco", "unc", "val"), image[middle:middle + 256],
                        bytes(256))
-    data = batches(create_dataset(make_config(str(tmp_path)), "val", training=False))[0]
+    data = batches(create_dataset(make_config(str(tmp_path), data_check="sizes"), "val", training=False))[0]
     assert sum(len(batch["mask"]) for batch in data) == len(eval_sample_ids(make_config(mindrecord_dir), "val")[1])
 
 
@@ -333,7 +333,7 @@ def test_a_stored_mask_that_does_not_decode_is_named(mindrecord_dir, tmp_path):
     _overwrite_in_file(find_mindrecord(str(tmp_path), "refcoco", "unc", "val"), mask, bytes(len(mask)))
     expected = f"image_id {int(row['image_id'])}, ref_id {int(row['ref_ids'][0])}: cannot decode a mask"
     with pytest.raises(DecodeError, match=expected), raising_decode_errors():
-        batches(create_dataset(make_config(str(tmp_path)), "val", training=False))
+        batches(create_dataset(make_config(str(tmp_path), data_check="sizes"), "val", training=False))
 
 
 def test_more_workers_than_cpus_are_lowered_with_a_note(mindrecord_dir, capsys):
