@@ -3,12 +3,24 @@
 import json
 import sys
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
 from .data.dataset import raising_decode_errors
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
+# input: prediction and ground truth at the network's S x S input (LAVT's protocol); original: the logits
+# resized bilinearly to each image's own size, against the mask at that size (CRIS's protocol).
+RESOLUTIONS = ("input", "original")
+EVAL_RESOLUTIONS = {"input": ("input",), "original": ("original",), "both": RESOLUTIONS}
+
+
+def resolutions_of(setting):
+    """eval_resolution (input | original | both) -> the resolutions to evaluate, in report order."""
+    if setting not in EVAL_RESOLUTIONS:
+        raise ValueError(f"eval_resolution must be one of {', '.join(EVAL_RESOLUTIONS)}, got '{setting}'")
+    return EVAL_RESOLUTIONS[setting]
 
 
 def intersection_union(pred, target):
@@ -16,6 +28,19 @@ def intersection_union(pred, target):
     pred = np.asarray(pred, bool).reshape(len(pred), -1)
     target = np.asarray(target, bool).reshape(len(target), -1)
     return (pred & target).sum(axis=1).astype(np.int64), (pred | target).sum(axis=1).astype(np.int64)
+
+
+def original_intersection_union(logits, original_masks, original_sizes):
+    """Per-sample |P and G|, |P or G| at each image's own size: logits (B, 1, S, S) resized bilinearly to
+    (H, W) and thresholded at 0, against the ground truth (B, Hmax, Wmax) cut to (H, W) -> two int64 (B,)."""
+    inter = np.zeros(len(logits), np.int64)
+    union = np.zeros(len(logits), np.int64)
+    for sample, (height, width) in enumerate(np.asarray(original_sizes).tolist()):
+        pred = cv2.resize(logits[sample, 0], (width, height), interpolation=cv2.INTER_LINEAR) > 0
+        target = original_masks[sample, :height, :width] > 0
+        inter[sample] = np.count_nonzero(pred & target)
+        union[sample] = np.count_nonzero(pred | target)
+    return inter, union
 
 
 class RefSegMetrics:
@@ -55,25 +80,39 @@ def sample_ious(inter, union):
     return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
 
 
-def format_table(results):
-    """Markdown table of {split: metrics} in percent."""
+def flat_results(results):
+    """{split: metrics} or {split: {resolution: metrics}} -> [(row label, metrics)], e.g. 'val (original)'."""
+    rows = []
+    for split, metrics in results.items():
+        if "oIoU" in metrics:
+            rows.append((split, metrics))
+        else:
+            rows += [(f"{split} ({resolution})", by_resolution) for resolution, by_resolution in metrics.items()]
+    return rows
+
+
+def format_table(results, resolution_note=""):
+    """Markdown table of {split: metrics} (or {split: {resolution: metrics}}) in percent."""
     columns = ["oIoU", "mIoU"] + [f"prec@{t}" for t in THRESHOLDS]
     lines = ["| split | " + " | ".join(columns) + " | samples |",
              "|---" * (len(columns) + 2) + "|"]
-    for split, metrics in results.items():
+    for label, metrics in flat_results(results):
         cells = " | ".join(f"{100 * metrics[c]:.2f}" for c in columns)
-        lines.append(f"| {split} | {cells} | {metrics['num_samples']} |")
+        lines.append(f"| {label} | {cells} | {metrics['num_samples']} |")
+    if resolution_note:
+        lines.append(resolution_note)
     return "\n".join(lines)
 
-def predict_counts(net, dataset, description="eval"):
-    """Runs `net` over every batch of `dataset` (image, input_ids, attention_mask, mask, ref_id, sent_id)
-    -> int64 (n, 4) rows [ref_id, sent_id, intersection, union], in the dataset's order.
+def predict_counts(net, dataset, description="eval", resolutions=("input",)):
+    """Runs `net` over every batch of `dataset` (image, input_ids, attention_mask, mask, ref_id, sent_id, and
+    original_mask, original_size for the original resolution) -> {resolution: int64 (n, 4) rows [ref_id,
+    sent_id, intersection, union]}, in the dataset's order.
 
     A pixel is predicted as object where the logit is > 0 (sigmoid > 0.5).
     """
     was_training = net.training
     net.set_train(False)
-    rows = []
+    rows = {resolution: [] for resolution in resolutions}
     iterator = dataset.create_tuple_iterator(num_epochs=1)
     # disable=None: a progress bar on a terminal, none in log files.
     with raising_decode_errors():
@@ -81,34 +120,47 @@ def predict_counts(net, dataset, description="eval"):
                           leave=False, disable=None):
             image, input_ids, attention_mask, mask, ref_id, sent_id = batch[:6]
             logits = net(image, input_ids, attention_mask).asnumpy()
-            inter, union = intersection_union(logits[:, 0] > 0, mask.asnumpy()[:, 0] > 0.5)
-            rows.append(np.stack([ref_id.asnumpy().reshape(-1), sent_id.asnumpy().reshape(-1), inter, union],
-                                 axis=1))
+            ids = [ref_id.asnumpy().reshape(-1), sent_id.asnumpy().reshape(-1)]
+            if "input" in rows:
+                counts = intersection_union(logits[:, 0] > 0, mask.asnumpy()[:, 0] > 0.5)
+                rows["input"].append(np.stack(ids + list(counts), axis=1))
+            if "original" in rows:
+                counts = original_intersection_union(logits, batch[6].asnumpy(), batch[7].asnumpy())
+                rows["original"].append(np.stack(ids + list(counts), axis=1))
     net.set_train(was_training)
-    return np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, 4), np.int64)
+    return {resolution: np.concatenate(parts).astype(np.int64) if parts else np.zeros((0, 4), np.int64)
+            for resolution, parts in rows.items()}
 
 
-def evaluate_split(net, dataset, description="eval", per_sample_file=None, split="", ranks=None):
-    """Metrics of DESIGN section 5 of `net` on `dataset` (batches with ref_id and sent_id).
+def evaluate_split(net, dataset, description="eval", per_sample_file=None, split="", ranks=None,
+                   resolutions=("input",)):
+    """Metrics of DESIGN section 5 of `net` on `dataset` (batches with ref_id and sent_id; with the original
+    resolution also the original_mask columns): a flat dict for one resolution, {resolution: metrics} for
+    several.
 
     With `ranks` (a RankGroup of several ranks), `dataset` is this rank's shard of the split; the
     per-sample counts of all shards are gathered on every rank and, like a single process's, put in
     sent_id order, so every rank returns the metrics a single process computes, to the last digit.
     `per_sample_file` (give it on one rank only) gets one JSON line per sample of the whole split, in
-    sent_id order.
+    sent_id order: "iou" with one resolution, "iou_input" and "iou_original" with both.
     """
-    rows = predict_counts(net, dataset, description)
-    if ranks is not None:
-        rows = ranks.gather_rows(rows)
-    # One order however the split was sharded, so every rank's sums run in the same order.
-    rows = rows[np.argsort(rows[:, 1], kind="stable")]
-    metrics = RefSegMetrics()
-    ious = metrics.add_counts(rows[:, 2], rows[:, 3])
+    results, sample_ious_of = {}, {}
+    for resolution, rows in predict_counts(net, dataset, description, resolutions).items():
+        if ranks is not None:
+            rows = ranks.gather_rows(rows)
+        # One order however the split was sharded, so every rank's sums run in the same order.
+        rows = rows[np.argsort(rows[:, 1], kind="stable")]
+        metrics = RefSegMetrics()
+        sample_ious_of[resolution] = metrics.add_counts(rows[:, 2], rows[:, 3])
+        results[resolution] = metrics.result()
     if per_sample_file is not None:
-        for (ref_id, sent_id, _, _), iou in zip(rows.tolist(), ious):
-            per_sample_file.write(json.dumps({"split": split, "ref_id": ref_id, "sent_id": sent_id,
-                                              "iou": round(float(iou), 6)}) + "\n")
-    return metrics.result()
+        keys = ["iou"] if len(resolutions) == 1 else [f"iou_{resolution}" for resolution in resolutions]
+        for index, (ref_id, sent_id) in enumerate(rows[:, :2].tolist()):
+            record = {"split": split, "ref_id": ref_id, "sent_id": sent_id}
+            for key, resolution in zip(keys, resolutions):
+                record[key] = round(float(sample_ious_of[resolution][index]), 6)
+            per_sample_file.write(json.dumps(record) + "\n")
+    return results[resolutions[0]] if len(resolutions) == 1 else results
 
 
 def metrics_summary(metrics):

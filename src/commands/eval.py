@@ -5,7 +5,7 @@ import json
 from ..checkpoint import load_network_weights
 from ..context import setup_context
 from ..data.dataset import check_token_ids, create_dataset
-from ..evaluation import evaluate_split, format_table
+from ..evaluation import evaluate_split, flat_results, format_table, resolutions_of
 from ..files import atomic_path, check_output_file
 from ..models.coupalign import CoupAlign
 from ..parallel import RankGroup
@@ -42,17 +42,26 @@ def write_json_atomic(path, data):
         json.dump(data, handle, indent=2)
 
 
+def resolution_note(config, resolutions):
+    """The line under the table that says at which resolution the numbers were counted."""
+    meaning = {"input": f"at the {config.image_size}x{config.image_size} network input",
+               "original": "at each image's own size"}
+    return "resolution: " + "; ".join(f"{resolution} = {meaning[resolution]}" for resolution in resolutions)
+
+
 def run_eval(config):
     """Evaluates `ckpt_path` on every split; under msrun each rank evaluates its shard and rank 0 writes."""
     for flag in ("result_json", "per_sample_json"):
         if config[flag]:
             check_output_file(config[flag], flag)
+    resolutions = resolutions_of(config.eval_resolution)
     ranks = RankGroup(*setup_context(config, allow_parallel=True))
     splits = parse_splits(config)
     for split in splits:
         check_token_ids(config, split)
     datasets = {split: create_dataset(config, split, training=False, rank_id=ranks.rank_id,
-                                      group_size=ranks.group_size, with_ids=True) for split in splits}
+                                      group_size=ranks.group_size, with_ids=True,
+                                      original_masks="original" in resolutions) for split in splits}
     net = CoupAlign.from_config(config)
     load_network_weights(net, config.ckpt_path)
     net.set_train(False)
@@ -62,13 +71,14 @@ def run_eval(config):
     with per_sample_writer(config.per_sample_json if ranks.is_main else "") as per_sample:
         for split in splits:
             results[split] = evaluate_split(net, datasets[split], description=split, per_sample_file=per_sample,
-                                            split=split, ranks=ranks)
+                                            split=split, ranks=ranks, resolutions=resolutions)
             if ranks.is_main:
-                print(f"{split}: oIoU {results[split]['oIoU']:.4f} mIoU {results[split]['mIoU']:.4f} "
-                      f"({results[split]['num_samples']} samples)", flush=True)
+                for label, metrics in flat_results({split: results[split]}):
+                    print(f"{label}: oIoU {metrics['oIoU']:.4f} mIoU {metrics['mIoU']:.4f} "
+                          f"({metrics['num_samples']} samples)", flush=True)
     if not ranks.is_main:
         return results
-    print(format_table(results))
+    print(format_table(results, resolution_note(config, resolutions)))
     if config.result_json:
         write_json_atomic(config.result_json, results)
         print(f"results written to {config.result_json}")

@@ -25,6 +25,9 @@ from src.files import file_sha256
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DATA_COLUMNS = ["image", "input_ids", "attention_mask", "mask"]
+# With original_masks=True: each sample's ground truth at its image's own size, zero-padded to the largest
+# of the batch (B, Hmax, Wmax) uint8, and that size (B, 2) int32 as (height, width).
+ORIGINAL_COLUMNS = ["original_mask", "original_size"]
 ID_COLUMNS = ["ref_id", "sent_id"]
 # 1: one row per sentence (before the index file); 2: one row per image + index, PNG masks;
 # 3: masks as zlib-compressed bits (encode_mask)
@@ -173,11 +176,16 @@ def decode_mask_bits(mask_bytes, height, width):
     return np.unpackbits(np.frombuffer(packed, np.uint8), count=height * width).reshape(height, width)
 
 
+def mask_at_input(bits, image_size):
+    """uint8 (H, W) mask -> float32 (1, S, S) in {0, 1}, the ground truth at the network's input (nearest)."""
+    return cv2.resize(bits, (image_size, image_size), interpolation=cv2.INTER_NEAREST).astype(np.float32)[None]
+
+
 def decode_mask(mask_bytes, height, width, image_size=None):
-    """Stored mask bytes -> float32 (1, S, S) in {0, 1} (nearest resize); (1, H, W) when size is None."""
+    """Stored mask bytes -> float32 (1, S, S) in {0, 1} (mask_at_input); (1, H, W) when size is None."""
     bits = decode_mask_bits(mask_bytes, int(height), int(width))
     if image_size is not None:
-        bits = cv2.resize(bits, (image_size, image_size), interpolation=cv2.INTER_NEAREST)
+        return mask_at_input(bits, image_size)
     return bits.astype(np.float32)[None]
 
 
@@ -401,14 +409,18 @@ class _DecodeBatchOp:
     One Python call per batch (a per-sample Python map costs ~2 ms of overhead per sample); an image (and
     a ref's mask) that several samples of the batch share is decoded and resized once."""
 
-    def __init__(self, image_size, table):
+    def __init__(self, image_size, table, original_masks=False):
         self.image_size = image_size
         self.table = table  # to name an image or mask that does not decode
+        self.original_masks = original_masks
 
     def __call__(self, images, masks, mask_ends, heights, widths, image_rows, ref_slots, batch_info):
         size = self.image_size
         out_images = np.empty((len(images), 3, size, size), np.float32)
         out_masks = np.empty((len(images), 1, size, size), np.float32)
+        if self.original_masks:
+            sizes = np.stack([np.asarray(heights, np.int32).reshape(-1), np.asarray(widths, np.int32).reshape(-1)], 1)
+            originals = np.zeros((len(images), int(sizes[:, 0].max()), int(sizes[:, 1].max())), np.uint8)
         first_of_row, first_of_ref = {}, {}
         for sample, (row, slot) in enumerate(zip(image_rows, ref_slots)):
             row, slot = int(row), int(slot)
@@ -426,11 +438,18 @@ class _DecodeBatchOp:
             else:
                 first_of_ref[(row, slot)] = sample
                 try:
-                    out_masks[sample] = decode_mask(ref_mask_bytes(masks[sample], mask_ends[sample], slot),
-                                                    heights[sample], widths[sample], size)
+                    bits = decode_mask_bits(ref_mask_bytes(masks[sample], mask_ends[sample], slot),
+                                            int(heights[sample]), int(widths[sample]))
                 except DecodeError as err:
                     raise DecodeError(f"{self.table.describe(row, slot)}: {err}") from None
+                out_masks[sample] = mask_at_input(bits, size)
+                if self.original_masks:
+                    originals[sample, :bits.shape[0], :bits.shape[1]] = bits
+            if self.original_masks and first_of_ref[(row, slot)] != sample:
+                originals[sample] = originals[first_of_ref[(row, slot)]]
         # Whole arrays rather than lists of samples: MindSpore then takes each column in one copy (~2x faster).
+        if self.original_masks:
+            return out_images, out_masks, originals, sizes
         return out_images, out_masks
 
 
@@ -453,7 +472,8 @@ def pipeline_workers(requested):
     return available
 
 
-def create_dataset(config, split, training, rank_id=0, group_size=1, with_ids=False, epoch=0, skip_batches=0):
+def create_dataset(config, split, training, rank_id=0, group_size=1, with_ids=False, epoch=0, skip_batches=0,
+                   original_masks=False):
     """Batched pipeline of one epoch of a split's MindRecord.
 
     training: the plan of SplitTable.training_plan for (seed, `epoch`, rank): one random sentence per ref,
@@ -462,6 +482,7 @@ def create_dataset(config, split, training, rank_id=0, group_size=1, with_ids=Fa
     evaluation: every sentence in stored order (image by image), last batch may be smaller,
     eval_batch_size; with group_size > 1 rank r reads the sentences of images r, r + G, ... (every sentence
     exactly once overall).
+    original_masks: also ORIGINAL_COLUMNS (evaluation at the images' own sizes).
     """
     if not 0 <= rank_id < group_size:
         raise ValueError(f"rank_id {rank_id} must be in [0, {group_size})")
@@ -477,9 +498,10 @@ def create_dataset(config, split, training, rank_id=0, group_size=1, with_ids=Fa
     cv2.setNumThreads(1)  # the pipeline's workers are the parallelism; OpenCV's own threads would oversubscribe
     data = _planned_source(first_file, table, plan, workers)
     data = data.batch(batch_size, drop_remainder=training, num_parallel_workers=workers,
-                      per_batch_map=_DecodeBatchOp(image_size, table),
-                      input_columns=BATCH_INPUT_COLUMNS, output_columns=["image", "mask"])
-    return data.project(DATA_COLUMNS + (ID_COLUMNS if with_ids else []))
+                      per_batch_map=_DecodeBatchOp(image_size, table, original_masks),
+                      input_columns=BATCH_INPUT_COLUMNS,
+                      output_columns=["image", "mask"] + (ORIGINAL_COLUMNS if original_masks else []))
+    return data.project(DATA_COLUMNS + (ID_COLUMNS if with_ids else []) + (ORIGINAL_COLUMNS if original_masks else []))
 
 
 def eval_sample_ids(config, split, rank_id=0, group_size=1):
