@@ -4,6 +4,7 @@ import mindspore.nn as nn
 import mindspore.ops as ops
 
 from .bert import BertModel
+from .exportable import MatmulBilinearResize, exportable_formulations, exportable_formulations_active
 from .mask_generator import MaskGenerator
 from .swin import SwinTransformer
 from .wpa import WordPixelAlignment
@@ -76,11 +77,18 @@ class CoupAlign(nn.Cell):
         self.sma = SentenceMaskAlignment(decoder_dim)
         # The logits come back at the input size: patch size x the first stage's grid.
         self.image_size = swin.patch_embed.patch_size * swin.resolutions[0][0]
+        self.exportable_upsample = None
+        if exportable_formulations_active():
+            self.exportable_upsample = MatmulBilinearResize(swin.resolutions[0], (self.image_size, self.image_size))
 
     @classmethod
-    def from_config(cls, config, cpu_kernels=None):
+    def from_config(cls, config, cpu_kernels=None, exportable=False):
         """The network a config describes; `cpu_kernels` (default: config.cpu_kernels) picks the compiled CPU
-        kernels."""
+        kernels. `exportable` builds it from ONNX-exportable formulations (see models.exportable), without
+        the compiled kernels; its parameters and checkpoints are those of the usual network."""
+        if exportable:
+            with exportable_formulations():
+                return cls.from_config(config, cpu_kernels=False)
         cpu_kernels = config.cpu_kernels if cpu_kernels is None else cpu_kernels
         swin = SwinTransformer.from_config(config, cpu_kernels=cpu_kernels)
         swin.set_recompute(config.recompute_swin_stages)
@@ -130,6 +138,8 @@ class CoupAlign(nn.Cell):
 
     def upsample(self, low_res_mask):
         """(B, 1, h, w) -> (B, 1, S, S) bilinear."""
+        if self.exportable_upsample is not None:
+            return self.exportable_upsample(low_res_mask)
         return ops.interpolate(low_res_mask, size=(self.image_size, self.image_size), mode="bilinear",
                                align_corners=False)
 

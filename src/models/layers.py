@@ -9,7 +9,8 @@ import mindspore.ops as ops
 from mindspore import Parameter
 from mindspore.common.initializer import HeUniform, Uniform, initializer
 
-from .kernels import BiasGelu, LayerNorm, ShiftSum, SwapLastAxes, gelu_reference
+from .exportable import SameConv2d, exportable_formulations_active
+from .kernels import BiasGelu, Gelu, LayerNorm, ShiftSum, SwapLastAxes
 
 
 def sine_position_encoding(height, width, dim, temperature=10000.0):
@@ -98,11 +99,12 @@ class DenseGelu(nn.Cell):
         super().__init__()
         self.weight, self.bias = dense_parameters((out_dim, in_dim))
         self.bias_gelu = BiasGelu(cpu_kernels)
+        self.gelu = Gelu(cpu_kernels=False)  # without the fused kernel: gelu_reference or its exportable form
 
     def construct(self, x):
         x = project(x, self.weight)
         if self.bias_gelu.kernel is None:
-            return gelu_reference(add_bias(x, self.bias))
+            return self.gelu(add_bias(x, self.bias))
         return self.bias_gelu(x, self.bias)
 
 
@@ -193,8 +195,11 @@ class UnfoldConv2d(nn.Cell):
         self.to_channels = SwapLastAxes(cpu_kernels)
         self.shift_sum = ShiftSum(kernel_size, cpu_kernels) if kernel_size > 1 else None
         self.shifted = self.shift_sum is not None and self.shift_sum.kernel is not None
+        self.exportable = SameConv2d(kernel_size) if exportable_formulations_active() else None
 
     def construct(self, x):
+        if self.exportable is not None:
+            return self.exportable(x, self.weight, self.bias)
         batch, in_dim, height, width = x.shape
         if self.kernel_size > 1 and not self.shifted:
             columns = ops.unfold(x, self.kernel_size, 1, self.kernel_size // 2, 1)

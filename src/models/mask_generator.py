@@ -5,6 +5,7 @@ import mindspore.ops as ops
 from mindspore import Parameter, Tensor
 from mindspore.common.initializer import Normal, initializer
 
+from .exportable import ElementwiseGroupNorm, FloorNearestResize, exportable_formulations_active
 from .kernels import SwapLastAxes
 from .layers import Mlp, MultiHeadAttention, UnfoldConv2d, broadcast_as, layer_norm, sine_position_encoding
 
@@ -15,7 +16,8 @@ class ConvNormAct(nn.Cell):
     def __init__(self, in_dim, out_dim, kernel_size, groups, act=True, cpu_kernels=True):
         super().__init__()
         self.conv = UnfoldConv2d(in_dim, out_dim, kernel_size, has_bias=False, cpu_kernels=cpu_kernels)
-        self.norm = nn.GroupNorm(groups, out_dim)
+        group_norm = ElementwiseGroupNorm if exportable_formulations_active() else nn.GroupNorm
+        self.norm = group_norm(groups, out_dim)
         self.act = nn.ReLU() if act else nn.Identity()
 
     def construct(self, x):
@@ -35,6 +37,13 @@ class PixelDecoder(nn.Cell):
                                     for in_dim in in_dims])
         self.smooth = nn.CellList([ConvNormAct(dim, dim, 3, groups, cpu_kernels=cpu_kernels) for _ in in_dims])
         self.mask_features = UnfoldConv2d(dim, dim, 1, has_bias=True, cpu_kernels=cpu_kernels)
+        self.exportable_resize = FloorNearestResize() if exportable_formulations_active() else None
+
+    def upsample_nearest(self, y, size):
+        """(B, C, h, w) -> (B, C, H, W), nearest neighbour."""
+        if self.exportable_resize is not None:
+            return self.exportable_resize(y, size)
+        return ops.interpolate(y, size=size, mode="nearest")
 
     def construct(self, features):
         top = self.num_levels - 1
@@ -42,7 +51,7 @@ class PixelDecoder(nn.Cell):
         memory = (y,)
         for level in range(top - 1, -1, -1):
             lateral = self.lateral[level](features[level])
-            y = lateral + ops.interpolate(y, size=lateral.shape[2:], mode="nearest")
+            y = lateral + self.upsample_nearest(y, lateral.shape[2:])
             y = self.smooth[level](y)
             if level > 0:
                 memory = memory + (y,)

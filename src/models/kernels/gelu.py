@@ -5,6 +5,7 @@ import mindspore as ms
 import mindspore.nn as nn
 import mindspore.ops as ops
 
+from ..exportable import ErfGelu, exportable_formulations_active
 from .build import kernel_for
 
 SOURCE = "gelu_cpu.cc"
@@ -46,13 +47,17 @@ def _bias_gelu_primitive(library):
 
 
 class Gelu(nn.Cell):
-    """Exact GELU, through the compiled CPU kernel when active, else gelu_reference. (...) -> (...)"""
+    """Exact GELU, through the compiled CPU kernel when active, else gelu_reference; built inside
+    exportable_formulations(), through ErfGelu. (...) -> (...)"""
 
     def __init__(self, cpu_kernels=True):
         super().__init__()
-        self.kernel = kernel_for(SOURCE, _gelu_primitive, cpu_kernels)
+        self.exportable = ErfGelu() if exportable_formulations_active() else None
+        self.kernel = None if self.exportable is not None else kernel_for(SOURCE, _gelu_primitive, cpu_kernels)
 
     def construct(self, x):
+        if self.exportable is not None:
+            return self.exportable(x)
         if self.kernel is None:
             return gelu_reference(x)
         return self.kernel(x.astype(ms.float32)).astype(x.dtype)
@@ -62,7 +67,7 @@ class BiasGelu(nn.Cell):
     """GELU(x + bias) in one pass of the compiled CPU kernel. (..., C), (C,) -> (..., C)
 
     Only with the compiled CPU kernels (`kernel` is None without them); callers fall back to
-    gelu_reference(layers.add_bias(x, bias)), as layers.DenseGelu does.
+    Gelu(cpu_kernels=False)(layers.add_bias(x, bias)), as layers.DenseGelu does.
     """
 
     def __init__(self, cpu_kernels=True):
