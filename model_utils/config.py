@@ -106,6 +106,10 @@ def _split_overrides(argv):
     return pairs
 
 
+# Flags that may be given several times; their values then form a list (predict.py: several sentences).
+REPEATABLE_KEYS = ("sentence",)
+
+
 def get_config(argv=None, config_path=None, overrides=None):
     """Build the config from YAML, then command-line `--key value`, then `overrides`.
 
@@ -130,17 +134,23 @@ def get_config(argv=None, config_path=None, overrides=None):
         raise ConfigError(f"unknown config key(s) in {path}: {', '.join(unknown)}")
     values.update(chosen)
 
+    given = set()
+    defaults = dict(values)
     for key, text in _split_overrides(rest):
         key = ALIASES.get(key, key)
         if key not in values:
             raise ConfigError(f"unknown config key '--{key}' (see {path})")
-        default = values[key]
+        default = defaults[key]
         if text is None:
             if not isinstance(default, bool):
                 raise ConfigError(f"--{key} needs a value")
             values[key] = True
+        elif key in REPEATABLE_KEYS and key in given:
+            previous = values[key] if isinstance(values[key], list) else [values[key]]
+            values[key] = previous + [_convert(key, text, default)]
         else:
             values[key] = _convert(key, text, default)
+        given.add(key)
 
     for key, value in (overrides or {}).items():
         if key not in values:

@@ -67,11 +67,11 @@ def run(script, *args):
     (["predict.py"], ["--ckpt_path", "missing.ckpt", "--image", "{a_file}", "--sentence", "the red one",
                       "--vocab_file", "{a_file}", "--output", "{folder}/x.gif"], "name the picture .png"),
     (["predict.py"], ["--ckpt_path", "missing.ckpt", "--image", "{a_file}", "--sentence", "the red one",
-                      "--vocab_file", "{a_file}", "--output", "{folder}"], "name the picture"),
+                      "--vocab_file", "{a_file}", "--output", "{folder}"], "--output {folder} is a folder"),
     (["predict.py"], ["--ckpt_path", "missing.ckpt", "--image", "{a_file}", "--sentence", "the red one",
                       "--vocab_file", "{a_file}", "--output", "{a_file}/x.png"], "{a_file} is a file, not a folder"),
     (["train.py"], ["--mindrecord_dir", "missing", "--output_dir", "{a_file}/run"], "{a_file} is a file, not a folder"),
-    (["-m", "src.data.build_mindrecord"], ["--refer_data_root", "missing", "--image_root", "missing", "--vocab_file",
+    (["-m", "src.data.build_mindrecord"], ["--refer_data_root", "{folder}", "--image_root", "{folder}", "--vocab_file",
                                            "missing", "--mindrecord_dir", "{a_file}"], "--mindrecord_dir {a_file} is a file"),
 ])
 def test_commands_refuse_bad_output_paths_first(tmp_path, script, args, expected):
