@@ -247,21 +247,27 @@ class Predictor:
 
     def __call__(self, images, input_ids, attention_masks):
         """(n, 3, S, S), (n, T), (n, T) numpy -> logits (n, 1, S, S) float32, SMA weights (n, N) or None."""
-        count = len(images)
-        step = self.batch or count
-        logits, weights = [], []
-        for start in range(0, count, step):
-            chunk = [array[start:start + step] for array in (images, input_ids, attention_masks)]
-            real = len(chunk[0])
-            if real < step:
-                chunk = [np.concatenate([array, np.repeat(array[-1:], step - real, axis=0)]) for array in chunk]
-            outputs = self.network(*(ms.Tensor(array) for array in chunk))
-            if self.from_mindir:
-                logits.append(outputs.asnumpy()[:real])
-            else:
-                logits.append(outputs[0].asnumpy()[:real])
-                weights.append(outputs[1].asnumpy()[:real])
-        return np.concatenate(logits), (np.concatenate(weights) if weights else None)
+        def run(*arrays):
+            outputs = self.network(*(ms.Tensor(array) for array in arrays))
+            return (outputs.asnumpy(),) if self.from_mindir else (outputs[0].asnumpy(), outputs[1].asnumpy())
+
+        outputs = run_padded(run, self.batch, (images, input_ids, attention_masks))
+        return outputs[0], (outputs[1] if len(outputs) > 1 else None)
+
+
+def run_padded(run, batch, arrays):
+    """Calls run(*chunk) on chunks of `batch` rows of the arrays (all of them when batch is None), the last
+    chunk padded with copies of its last row; returns run's outputs (numpy arrays) concatenated, padding cut."""
+    count = len(arrays[0])
+    step = batch or count
+    pieces = []
+    for start in range(0, count, step):
+        chunk = [array[start:start + step] for array in arrays]
+        real = len(chunk[0])
+        if real < step:
+            chunk = [np.concatenate([array, np.repeat(array[-1:], step - real, axis=0)]) for array in chunk]
+        pieces.append([output[:real] for output in run(*chunk)])
+    return [np.concatenate(parts) for parts in zip(*pieces)]
 
 
 def sigmoid(values):
