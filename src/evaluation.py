@@ -103,24 +103,81 @@ def format_table(results, resolution_note=""):
         lines.append(resolution_note)
     return "\n".join(lines)
 
-def predict_counts(net, dataset, description="eval", resolutions=("input",)):
+# Diagnostics of the N proposals, per sample, at the proposals' resolution (DIAGNOSTICS in this order):
+# proposal_pairwise_iou: mean IoU over the pairs of binarised proposals (1: all alike, no diversity);
+# sma_weight_entropy: entropy of the SMA weights / log N (0: one proposal takes all, 1: uniform);
+# best_proposal_iou: the best single proposal's IoU with the target (is the right object among them?);
+# combined_iou: the IoU of their SMA combination M, to compare with it.
+DIAGNOSTICS = ("proposal_pairwise_iou", "sma_weight_entropy", "best_proposal_iou", "combined_iou")
+FIXED_POINT = 10 ** 9  # diagnostics travel between ranks in the int64 rows of RankGroup.gather_rows
+
+
+def _iou(a, b, empty):
+    """IoU of boolean masks over their last two axes; `empty` where both are empty."""
+    inter = np.logical_and(a, b).sum(axis=(-2, -1))
+    union = np.logical_or(a, b).sum(axis=(-2, -1))
+    return np.where(union > 0, inter / np.maximum(union, 1), empty)
+
+
+def proposal_diagnostics(proposals, weights, combined, target):
+    """DIAGNOSTICS per sample: proposals Y (B, N, h, w) and M (B, 1, h, w) logits (> 0 is object), SMA weights
+    (B, N), target (B, h, w) bool -> float64 (B, 4)."""
+    binary = proposals > 0
+    count = binary.shape[1]
+    pairs = [(i, j) for i in range(count) for j in range(i + 1, count)]
+    pairwise = (np.mean([_iou(binary[:, i], binary[:, j], 1.0) for i, j in pairs], axis=0) if pairs
+                else np.ones(len(binary)))
+    clipped = np.clip(weights, 1e-12, 1.0)
+    entropy = -(weights * np.log(clipped)).sum(axis=1) / np.log(count) if count > 1 else np.zeros(len(binary))
+    best = _iou(binary, target[:, None], 0.0).max(axis=1)
+    return np.stack([pairwise, entropy, best, _iou(combined[:, 0] > 0, target, 0.0)], axis=1)
+
+
+def low_resolution_target(mask, height, width):
+    """Ground truth (B, 1, S, S) in {0, 1} -> (B, h, w) bool, nearest (as the auxiliary loss sees it)."""
+    return np.stack([cv2.resize(sample[0], (width, height), interpolation=cv2.INTER_NEAREST) > 0.5
+                     for sample in mask])
+
+
+_INSPECTIONS = {}  # id(net) -> (net, its WithProposals): one wrapper, so one compiled graph, per network
+
+
+def inspection_of(net):
+    from .models.inspection import WithProposals  # pylint: disable=import-outside-toplevel
+    if id(net) not in _INSPECTIONS:
+        _INSPECTIONS[id(net)] = (net, WithProposals(net))
+    return _INSPECTIONS[id(net)][1]
+
+
+def predict_counts(net, dataset, description="eval", resolutions=("input",), diagnostics=False):
     """Runs `net` over every batch of `dataset` (image, input_ids, attention_mask, mask, ref_id, sent_id, and
     original_mask, original_size for the original resolution) -> {resolution: int64 (n, 4) rows [ref_id,
-    sent_id, intersection, union]}, in the dataset's order.
+    sent_id, intersection, union]}, in the dataset's order; with `diagnostics` also "diagnostics": int64 rows
+    [ref_id, sent_id, DIAGNOSTICS x FIXED_POINT] (the network is then run through WithProposals).
 
     A pixel is predicted as object where the logit is > 0 (sigmoid > 0.5).
     """
     was_training = net.training
     net.set_train(False)
     rows = {resolution: [] for resolution in resolutions}
+    if diagnostics:
+        inspected = inspection_of(net)
+        rows["diagnostics"] = []
     iterator = dataset.create_tuple_iterator(num_epochs=1)
     # disable=None: a progress bar on a terminal, none in log files.
     with raising_decode_errors():
         for batch in tqdm(iterator, total=dataset.get_dataset_size(), desc=description, file=sys.stdout,
                           leave=False, disable=None):
             image, input_ids, attention_mask, mask, ref_id, sent_id = batch[:6]
-            logits = net(image, input_ids, attention_mask).asnumpy()
             ids = [ref_id.asnumpy().reshape(-1), sent_id.asnumpy().reshape(-1)]
+            if diagnostics:
+                logits, weights, proposals, combined = (output.asnumpy() for output in
+                                                        inspected(image, input_ids, attention_mask))
+                target = low_resolution_target(mask.asnumpy(), *proposals.shape[2:])
+                values = np.rint(proposal_diagnostics(proposals, weights, combined, target) * FIXED_POINT)
+                rows["diagnostics"].append(np.concatenate([np.stack(ids, axis=1), values.astype(np.int64)], axis=1))
+            else:
+                logits = net(image, input_ids, attention_mask).asnumpy()
             if "input" in rows:
                 counts = intersection_union(logits[:, 0] > 0, mask.asnumpy()[:, 0] > 0.5)
                 rows["input"].append(np.stack(ids + list(counts), axis=1))
@@ -133,7 +190,7 @@ def predict_counts(net, dataset, description="eval", resolutions=("input",)):
 
 
 def evaluate_split(net, dataset, description="eval", per_sample_file=None, split="", ranks=None,
-                   resolutions=("input",)):
+                   resolutions=("input",), diagnostics=False):
     """Metrics of DESIGN section 5 of `net` on `dataset` (batches with ref_id and sent_id; with the original
     resolution also the original_mask columns): a flat dict for one resolution, {resolution: metrics} for
     several.
@@ -142,24 +199,30 @@ def evaluate_split(net, dataset, description="eval", per_sample_file=None, split
     per-sample counts of all shards are gathered on every rank and, like a single process's, put in
     sent_id order, so every rank returns the metrics a single process computes, to the last digit.
     `per_sample_file` (give it on one rank only) gets one JSON line per sample of the whole split, in
-    sent_id order: "iou" with one resolution, "iou_input" and "iou_original" with both.
+    sent_id order: "iou" with one resolution, "iou_input" and "iou_original" with both. With `diagnostics`
+    the means of DIAGNOSTICS over the split join the (first resolution's) metrics.
     """
-    results, sample_ious_of = {}, {}
-    for resolution, rows in predict_counts(net, dataset, description, resolutions).items():
+    results, sample_ious_of, means = {}, {}, {}
+    for resolution, rows in predict_counts(net, dataset, description, resolutions, diagnostics).items():
         if ranks is not None:
             rows = ranks.gather_rows(rows)
         # One order however the split was sharded, so every rank's sums run in the same order.
         rows = rows[np.argsort(rows[:, 1], kind="stable")]
+        if resolution == "diagnostics":
+            means = dict(zip(DIAGNOSTICS, (rows[:, 2:] / FIXED_POINT).mean(axis=0).tolist())) if len(rows) else {}
+            continue
         metrics = RefSegMetrics()
+        sample_ids = rows[:, :2]
         sample_ious_of[resolution] = metrics.add_counts(rows[:, 2], rows[:, 3])
         results[resolution] = metrics.result()
     if per_sample_file is not None:
         keys = ["iou"] if len(resolutions) == 1 else [f"iou_{resolution}" for resolution in resolutions]
-        for index, (ref_id, sent_id) in enumerate(rows[:, :2].tolist()):
+        for index, (ref_id, sent_id) in enumerate(sample_ids.tolist()):
             record = {"split": split, "ref_id": ref_id, "sent_id": sent_id}
             for key, resolution in zip(keys, resolutions):
                 record[key] = round(float(sample_ious_of[resolution][index]), 6)
             per_sample_file.write(json.dumps(record) + "\n")
+    results[resolutions[0]].update(means)
     return results[resolutions[0]] if len(resolutions) == 1 else results
 
 

@@ -31,3 +31,35 @@ def test_metrics_accumulate_over_batches():
     metrics.update(masks([1, 0]), masks([1, 1]))
     metrics.update(masks([1, 1]), masks([1, 1]))
     assert metrics.result()["oIoU"] == pytest.approx(3 / 4)
+
+
+def test_proposal_diagnostics_by_hand():
+    from src.evaluation import proposal_diagnostics
+    top = np.zeros((4, 4), bool)
+    top[:2] = True
+    left = np.zeros((4, 4), bool)
+    left[:, :2] = True
+    logits = lambda mask: np.where(mask, 2.0, -2.0)  # noqa: E731
+    proposals = np.stack([logits(top), logits(top), logits(left)])[None]
+    weights = np.array([[0.5, 0.5, 0.0]])
+    combined = logits(left)[None, None]
+    values = proposal_diagnostics(proposals, weights, combined, top[None])
+    # pairs: top/top 1, top/left 4/12 twice; entropy ln 2 / ln 3; the best proposal is exact, M is 1/3
+    np.testing.assert_allclose(values, [[(1 + 1 / 3 + 1 / 3) / 3, np.log(2) / np.log(3), 1.0, 1 / 3]])
+
+
+def test_validation_diagnostics_join_the_metrics_without_changing_them(tmp_path, tiny_checkpoint):
+    from model_utils.config import get_config
+    from src.data.dataset import create_dataset
+    from src.data.synthetic import generate_synthetic
+    from src.evaluation import DIAGNOSTICS, evaluate_split
+    from tests.conftest import TINY_CONFIG
+    from tests.data.test_build_mindrecord import convert
+    generate_synthetic(str(tmp_path / "data"), num_images=20, seed=8)
+    convert(str(tmp_path / "data"), str(tmp_path / "mr"), "--splits", "val")
+    config = get_config([], TINY_CONFIG, overrides={"mindrecord_dir": str(tmp_path / "mr")})
+    net = tiny_checkpoint[0]
+    plain = evaluate_split(net, create_dataset(config, "val", training=False, with_ids=True))
+    inspected = evaluate_split(net, create_dataset(config, "val", training=False, with_ids=True), diagnostics=True)
+    assert {key: inspected[key] for key in plain} == plain
+    assert all(0.0 <= inspected[key] <= 1.0 for key in DIAGNOSTICS)

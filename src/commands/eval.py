@@ -71,7 +71,8 @@ def run_eval(config):
     with per_sample_writer(config.per_sample_json if ranks.is_main else "") as per_sample:
         for split in splits:
             results[split] = evaluate_split(net, datasets[split], description=split, per_sample_file=per_sample,
-                                            split=split, ranks=ranks, resolutions=resolutions)
+                                            split=split, ranks=ranks, resolutions=resolutions,
+                                            diagnostics=config.eval_diagnostics)
             if ranks.is_main:
                 for label, metrics in flat_results({split: results[split]}):
                     print(f"{label}: oIoU {metrics['oIoU']:.4f} mIoU {metrics['mIoU']:.4f} "

@@ -17,13 +17,13 @@ import numpy as np
 from tqdm import tqdm
 
 import mindspore as ms
-import mindspore.nn as nn
 
 from ..checkpoint import load_network_weights
 from ..context import setup_context
 from ..data.dataset import preprocess_image
 from ..data.tokenizer import build_tokenizer
 from ..files import atomic_path, check_output_file, check_output_folder
+from ..models.inspection import WithProposals
 
 OVERLAY_COLOUR = (255, 80, 0)  # BGR: blue-ish fill
 OUTLINE_COLOUR = (0, 255, 255)
@@ -218,18 +218,6 @@ class QueryEncoder:
         return np.asarray(input_ids, np.int32), np.asarray(attention_mask, np.int32)
 
 
-class LogitsAndWeights(nn.Cell):
-    """CoupAlign's mask logits and its SMA weights. (B, 3, S, S), (B, T), (B, T) -> (B, 1, S, S), (B, N)"""
-
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-
-    def construct(self, image, input_ids, attention_mask):
-        outputs = self.net.forward_train(image, input_ids, attention_mask)
-        return self.net.upsample(outputs["low_res_mask"]).astype(ms.float32), outputs["weights"]
-
-
 class Predictor:
     """Runs queries in batches of a fixed size (the MINDIR's; for a checkpoint the most sentences of an image,
     at most eval_batch_size: one graph whatever the number of sentences), or of any size for a free-batch
@@ -242,7 +230,7 @@ class Predictor:
             batch = mindir_input_shapes(config.mindir)[0][0]
             self.batch = batch  # None: free
         else:
-            self.network = LogitsAndWeights(self.network)
+            self.network = WithProposals(self.network)
             self.batch = max(1, min(int(config.eval_batch_size), largest_group))
 
     def __call__(self, images, input_ids, attention_masks):

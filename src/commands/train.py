@@ -172,7 +172,7 @@ def train(config):
     def validate(epoch):
         if val_data is None or (epoch + 1) % config.eval_interval != 0:
             return None
-        return evaluate_split(net, val_data, description="val", ranks=ranks)
+        return evaluate_split(net, val_data, description="val", ranks=ranks, diagnostics=config.val_diagnostics)
 
     try:
         with interruptible(not ranks.distributed):

@@ -62,21 +62,25 @@ def _written_after(line, position):
     return record.get("epoch", 0) > position.epoch
 
 
+LOSS_PARTS = ("loss", "bce", "dice", "aux", "proposal")  # CoupAlignWithLoss's outputs, in order
+
+
 def step_losses(outputs):
-    """The TrainStep's outputs -> [total, bce, dice, aux] as floats."""
-    return [float(value.asnumpy()) for value in outputs[:4]]
+    """The TrainStep's outputs -> [total, bce, dice, aux, proposal] as floats."""
+    return [float(value.asnumpy()) for value in outputs[:len(LOSS_PARTS)]]
 
 
 def step_record(outputs, parts, lr, step_time, samples_per_step):
     """Log record of one step from its outputs and their `step_losses`."""
-    grad_norm, overflow = outputs[4:]
-    return {"loss": parts[0], "bce": parts[1], "dice": parts[2], "aux": parts[3],
+    grad_norm, overflow = outputs[len(LOSS_PARTS):]
+    return {**dict(zip(LOSS_PARTS, parts)),
             "grad_norm": float(grad_norm.asnumpy()), "overflow": bool(overflow.asnumpy()), "lr": lr,
             "step_time": step_time, "samples_per_s": samples_per_step / max(step_time, 1e-9)}
 
 
 def losses_text(parts):
-    return f"loss {parts[0]:.4f} (bce {parts[1]:.4f} dice {parts[2]:.4f} aux {parts[3]:.4f})"
+    return (f"loss {parts[0]:.4f} (bce {parts[1]:.4f} dice {parts[2]:.4f} aux {parts[3]:.4f} "
+            f"proposal {parts[4]:.4f})")
 
 
 class EpochRunner:
@@ -103,7 +107,7 @@ class EpochRunner:
         self.stop_requested = False
 
     def run(self, data, epoch, first_step=0):
-        """Trains on `data`, the 0-based `epoch` from its step `first_step` on -> (mean [total, bce, dice, aux]
+        """Trains on `data`, the 0-based `epoch` from its step `first_step` on -> (mean [total, bce, dice, aux, proposal]
         losses of the steps run, whether the epoch ran to its end)."""
         with raising_decode_errors():
             if self.scheduled is not None:
@@ -114,7 +118,7 @@ class EpochRunner:
         return [value / steps for value in totals], first_step + steps == self.steps_per_epoch
 
     def _stepwise_epoch(self, data, epoch, first_step):
-        totals, steps = [0.0, 0.0, 0.0, 0.0], 0
+        totals, steps = [0.0] * len(LOSS_PARTS), 0
         for index, batch in enumerate(data.create_tuple_iterator(num_epochs=1), start=first_step):
             step_start = time.time()
             lr, group_rates = self.learning_rates.for_step(self.global_step)

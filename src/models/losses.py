@@ -1,4 +1,4 @@
-"""Segmentation (BCE + Dice) and auxiliary foreground/background contrastive losses."""
+"""Segmentation (BCE + Dice), auxiliary foreground/background contrastive and matched-proposal losses."""
 import mindspore as ms
 import mindspore.nn as nn
 import mindspore.ops as ops
@@ -51,8 +51,28 @@ def foreground_contrast_loss(pixel_embed, anchor, fg_mask, temperature):
     return (per_pixel * fg).sum() / ops.maximum(fg.sum(), 1.0)
 
 
+def proposal_costs(proposals, target, smooth=1.0):
+    """BCE + Dice of every proposal against the target, at the proposals' resolution.
+    Y (B, N, h, w) logits, target (B, 1, h, w) in {0, 1} -> (B, N)"""
+    target = broadcast_as(target, proposals)
+    bce = (ops.relu(proposals) - proposals * target + ops.log1p(ops.exp(-ops.abs(proposals)))).mean(axis=(2, 3))
+    prob = ops.sigmoid(proposals)
+    inter = (prob * target).sum(axis=(2, 3))
+    dice = 1.0 - (2.0 * inter + smooth) / (prob.sum(axis=(2, 3)) + target.sum(axis=(2, 3)) + smooth)
+    return bce + dice
+
+
+def matched_proposal_loss(proposals, target):
+    """Mask loss of the proposal that matches the target best (lowest proposal_costs), as set-prediction
+    decoders match their queries; the choice itself carries no gradient. Y (B, N, h, w), target -> ()"""
+    costs = proposal_costs(proposals, target)
+    best = ops.stop_gradient(ops.one_hot(costs.argmin(axis=1), costs.shape[1], ops.ones((), costs.dtype),
+                                         ops.zeros((), costs.dtype)))
+    return (costs * best).sum(axis=1).mean()
+
+
 class CoupAlignWithLoss(nn.Cell):
-    """Training wrapper. image, ids, mask, gt (B, 1, S, S) -> total, (bce, dice, aux)"""
+    """Training wrapper. image, ids, mask, gt (B, 1, S, S) -> total, (bce, dice, aux, proposal)"""
 
     def __init__(self, network, config):
         # No prefix: checkpoints of the training cell keep the network's own names (swin.*, bert.*, ...).
@@ -62,6 +82,7 @@ class CoupAlignWithLoss(nn.Cell):
         self.dice_weight = config.loss_dice
         self.aux_weight = config.loss_aux
         self.temperature = config.aux_temperature
+        self.proposal_weight = config.loss_proposal
         self.aux_proj = nn.Dense(config.decoder_dim, config.decoder_dim)
         # auto_prefix=False would leave it the bare names weight / bias in checkpoints.
         self.aux_proj.update_parameters_name("aux_proj.")
@@ -81,4 +102,8 @@ class CoupAlignWithLoss(nn.Cell):
         aux = foreground_contrast_loss(pixel_embed.astype(ms.float32), self.aux_proj(sentence.astype(ms.float32)),
                                        small_gt.astype(ms.float32), self.temperature)
         total = self.bce_weight * bce + self.dice_weight * dice + self.aux_weight * aux
-        return total, bce, dice, aux
+        proposal = ops.zeros((), ms.float32)
+        if self.proposal_weight > 0:
+            proposal = matched_proposal_loss(outputs["proposals"].astype(ms.float32), small_gt.astype(ms.float32))
+            total = total + self.proposal_weight * proposal
+        return total, bce, dice, aux, proposal

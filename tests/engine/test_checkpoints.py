@@ -21,7 +21,7 @@ INPUTS = np.random.default_rng(0).standard_normal((STEPS_PER_EPOCH * BATCH, 4)).
 
 
 class ToyLoss(nn.Cell):
-    """(x (B, 4)) -> the four losses a TrainStep expects, from one Dense layer."""
+    """(x (B, 4)) -> the five losses a TrainStep expects (total, bce, dice, aux, proposal), from one Dense layer."""
 
     def __init__(self):
         super().__init__()
@@ -29,7 +29,7 @@ class ToyLoss(nn.Cell):
 
     def construct(self, x):
         loss = ((self.dense(x) - 1.0) ** 2).mean()
-        return loss, loss, loss, loss
+        return loss, loss, loss, loss, loss
 
 
 def toy_train_step():

@@ -94,7 +94,7 @@ def test_forty_steps_halve_the_segmentation_loss(tiny_config):
     rate = ms.Tensor([1e-3], ms.float32)
     seg_losses = []
     for _ in range(40):
-        total, bce, dice, aux, grad_norm, overflow = step(rate, *batch)
+        total, bce, dice, aux, proposal, grad_norm, overflow = step(rate, *batch)
         assert not bool(overflow.asnumpy())
         seg_losses.append(float(bce.asnumpy()) + float(dice.asnumpy()))
     assert np.isfinite(seg_losses).all()

@@ -4,7 +4,8 @@ import numpy as np
 import mindspore as ms
 import mindspore.ops as ops
 
-from src.models.losses import bce_with_logits, dice_loss, foreground_contrast_loss
+from src.models.losses import (bce_with_logits, dice_loss, foreground_contrast_loss, matched_proposal_loss,
+                               proposal_costs)
 
 
 def test_losses_by_hand():
@@ -45,3 +46,29 @@ def test_l2_normalize_matches_mindspore_forward_and_gradient():
     np.testing.assert_allclose(ours_out.asnumpy(), ref_out.asnumpy(), rtol=1e-5)
     np.testing.assert_allclose(ours_grad.asnumpy(), ref_grad.asnumpy(), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(l2_normalize(values, axis=1).asnumpy(), axis=1), 1.0, rtol=1e-5)
+
+
+def numpy_cost(logits, target):
+    """BCE (mean over pixels) + Dice (smooth 1) of one proposal, by hand."""
+    bce = np.mean(np.maximum(logits, 0) - logits * target + np.log1p(np.exp(-np.abs(logits))))
+    prob = 1 / (1 + np.exp(-logits))
+    return bce + 1 - (2 * (prob * target).sum() + 1) / (prob.sum() + target.sum() + 1)
+
+
+def test_matched_proposal_loss_takes_the_cheapest_proposal_by_hand():
+    rng = np.random.default_rng(0)
+    target = np.zeros((2, 1, 4, 4), np.float32)
+    target[0, 0, :2] = 1
+    target[1, 0, :, 1:3] = 1
+    proposals = rng.normal(0, 1, (2, 3, 4, 4)).astype(np.float32)
+    proposals[0, 2] = np.where(target[0, 0] > 0, 4.0, -4.0)  # sample 0: proposal 2 fits
+    proposals[1, 0] = np.where(target[1, 0] > 0, 3.0, -3.0)  # sample 1: proposal 0 fits
+    costs = np.array([[numpy_cost(proposals[b, n], target[b, 0]) for n in range(3)] for b in range(2)])
+    np.testing.assert_allclose(proposal_costs(ms.Tensor(proposals), ms.Tensor(target)).asnumpy(), costs, rtol=1e-5)
+    assert costs.argmin(axis=1).tolist() == [2, 0]
+    loss = matched_proposal_loss(ms.Tensor(proposals), ms.Tensor(target))
+    np.testing.assert_allclose(float(loss.asnumpy()), (costs[0, 2] + costs[1, 0]) / 2, rtol=1e-5)
+    # the gradient reaches the matched proposals only
+    grads = ms.grad(matched_proposal_loss)(ms.Tensor(proposals), ms.Tensor(target)).asnumpy()
+    assert np.abs(grads[0, 2]).sum() > 0 and np.abs(grads[1, 0]).sum() > 0
+    assert np.abs(grads[0, :2]).sum() == 0 and np.abs(grads[1, 1:]).sum() == 0

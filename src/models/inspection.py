@@ -1,0 +1,18 @@
+"""CoupAlign with its intermediate outputs, for prediction records and validation diagnostics."""
+import mindspore as ms
+import mindspore.nn as nn
+
+
+class WithProposals(nn.Cell):
+    """(B, 3, S, S), (B, T), (B, T) -> mask logits (B, 1, S, S), SMA weights (B, N), proposals Y_N (B, N, h, w),
+    their combination M (B, 1, h, w)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def construct(self, image, input_ids, attention_mask):
+        outputs = self.net.forward_train(image, input_ids, attention_mask)
+        logits = self.net.upsample(outputs["low_res_mask"]).astype(ms.float32)
+        return (logits, outputs["weights"].astype(ms.float32), outputs["proposals"].astype(ms.float32),
+                outputs["low_res_mask"].astype(ms.float32))
