@@ -107,8 +107,8 @@ class EpochRunner:
         self.stop_requested = False
 
     def run(self, data, epoch, first_step=0):
-        """Trains on `data`, the 0-based `epoch` from its step `first_step` on -> (mean [total, bce, dice, aux, proposal]
-        losses of the steps run, whether the epoch ran to its end)."""
+        """Trains on `data`, the 0-based `epoch` from its step `first_step` on -> (mean losses of the steps run
+        in LOSS_PARTS order, whether the epoch ran to its end)."""
         with raising_decode_errors():
             if self.scheduled is not None:
                 totals, steps = self._sunk_epoch(data, epoch, self.steps_per_epoch - first_step)
