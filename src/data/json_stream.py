@@ -50,7 +50,8 @@ class _Reader:
     def take(self, allowed):
         char = self.peek()
         if not char or char not in allowed:
-            self.fail(f"expected {' or '.join(repr(item) for item in allowed)}, found {char or 'the end of the file'!r}")
+            expected = " or ".join(repr(item) for item in allowed)
+            self.fail(f"expected {expected}, found {char or 'the end of the file'!r}")
         self.pos += 1
         return char
 

@@ -63,7 +63,8 @@ def run(script, *args):
      "--result_json {folder} is a folder"),
     (["eval.py"], ["--ckpt_path", "missing.ckpt", "--mindrecord_dir", "missing", "--per_sample_json",
                    "{a_file}/samples.jsonl"], "{a_file} is a file, not a folder"),
-    (["export.py"], ["--ckpt_path", "missing.ckpt", "--file_name", "{a_file}/model"], "--file_name {a_file}/model.mindir"),
+    (["export.py"], ["--ckpt_path", "missing.ckpt", "--file_name", "{a_file}/model"],
+     "--file_name {a_file}/model.mindir"),
     (["predict.py"], ["--ckpt_path", "missing.ckpt", "--image", "{a_file}", "--sentence", "the red one",
                       "--vocab_file", "{a_file}", "--output", "{folder}/x.gif"], "name the picture .png"),
     (["predict.py"], ["--ckpt_path", "missing.ckpt", "--image", "{a_file}", "--sentence", "the red one",
@@ -72,7 +73,8 @@ def run(script, *args):
                       "--vocab_file", "{a_file}", "--output", "{a_file}/x.png"], "{a_file} is a file, not a folder"),
     (["train.py"], ["--mindrecord_dir", "missing", "--output_dir", "{a_file}/run"], "{a_file} is a file, not a folder"),
     (["-m", "src.data.build_mindrecord"], ["--refer_data_root", "{folder}", "--image_root", "{folder}", "--vocab_file",
-                                           "missing", "--mindrecord_dir", "{a_file}"], "--mindrecord_dir {a_file} is a file"),
+                                           "missing", "--mindrecord_dir", "{a_file}"],
+     "--mindrecord_dir {a_file} is a file"),
 ])
 def test_commands_refuse_bad_output_paths_first(tmp_path, script, args, expected):
     folder, a_file = tmp_path / "folder", tmp_path / "a_file"
