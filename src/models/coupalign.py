@@ -44,11 +44,36 @@ class SentencePool(nn.Cell):
         return (words * weights).sum(axis=1) / ops.maximum(weights.sum(axis=1), 1.0)
 
 
-def _stage_split(num_layers, num_stages):
+def _check_stage_layers(stage_layers, num_layers, num_stages):
+    counts = list(stage_layers)
+    if len(counts) != num_stages:
+        raise ValueError(f"bert_stage_layers {counts} must give one count per Swin stage ({num_stages}), "
+                         f"got {len(counts)}")
+    if not all(isinstance(count, int) and not isinstance(count, bool) and count >= 0 for count in counts):
+        raise ValueError(f"bert_stage_layers {counts} must be non-negative integers")
+    if sum(counts) != num_layers:
+        raise ValueError(f"bert_stage_layers {counts} must sum to bert_num_layers ({num_layers}), "
+                         f"got {sum(counts)}")
+    return counts
+
+
+def _even_stage_layers(num_layers, num_stages):
     if num_layers % num_stages:
-        raise ValueError(f"bert_num_layers={num_layers} cannot be split evenly over {num_stages} stages")
-    step = num_layers // num_stages
-    return [(stage * step, (stage + 1) * step) for stage in range(num_stages)]
+        raise ValueError(f"bert_num_layers={num_layers} cannot be split evenly over {num_stages} stages: "
+                         f"give the layers per stage with bert_stage_layers (one count per stage, "
+                         f"summing to {num_layers})")
+    return [num_layers // num_stages] * num_stages
+
+
+def _stage_split(num_layers, num_stages, stage_layers=()):
+    """[start, end) of the BERT layers run before each stage's WPA: `stage_layers` counts per stage,
+    or (empty) an even split."""
+    if stage_layers:
+        counts = _check_stage_layers(stage_layers, num_layers, num_stages)
+    else:
+        counts = _even_stage_layers(num_layers, num_stages)
+    ends = [sum(counts[:stage + 1]) for stage in range(num_stages)]
+    return [(end - count, end) for count, end in zip(counts, ends)]
 
 
 class CoupAlign(nn.Cell):
@@ -60,15 +85,17 @@ class CoupAlign(nn.Cell):
 
     def __init__(self, swin, bert, decoder_dim=256, num_queries=16, wpa_heads=1, wpa_dropout=0.0,
                  wpa_position_dim=64, sentence_pool="mean", dec_layers=6, dec_heads=8, dec_ffn_dim=1024,
-                 gn_groups=32, dec_dropout=0.0, cpu_kernels=True):
+                 gn_groups=32, dec_dropout=0.0, cpu_kernels=True, bert_stage_layers=(), wpa_lang_to_vision=True,
+                 wpa_vision_to_lang=True):
         super().__init__()
         self.swin = swin
         self.bert = bert
         self.num_stages = swin.num_stages
-        self.bert_blocks = _stage_split(bert.num_hidden_layers, self.num_stages)
+        self.bert_blocks = _stage_split(bert.num_hidden_layers, self.num_stages, bert_stage_layers)
         hidden = bert.embeddings.word_embeddings.embedding_size
         self.wpa = nn.CellList([
-            WordPixelAlignment(vis_dim, hidden, wpa_heads, wpa_dropout, resolution, wpa_position_dim, cpu_kernels)
+            WordPixelAlignment(vis_dim, hidden, wpa_heads, wpa_dropout, resolution, wpa_position_dim, cpu_kernels,
+                               lang_to_vis=wpa_lang_to_vision, vis_to_lang=wpa_vision_to_lang)
             for vis_dim, resolution in zip(swin.dims, swin.resolutions)])
         self.sentence_pool = SentencePool(sentence_pool)
         self.sentence_proj = nn.Dense(hidden, decoder_dim)
@@ -97,7 +124,9 @@ class CoupAlign(nn.Cell):
                    wpa_heads=config.wpa_heads, wpa_dropout=config.wpa_dropout,
                    wpa_position_dim=config.wpa_position_dim, sentence_pool=config.sentence_pool,
                    dec_layers=config.dec_layers, dec_heads=config.dec_heads, dec_ffn_dim=config.dec_ffn_dim,
-                   gn_groups=config.gn_groups, dec_dropout=config.dec_dropout, cpu_kernels=cpu_kernels)
+                   gn_groups=config.gn_groups, dec_dropout=config.dec_dropout, cpu_kernels=cpu_kernels,
+                   bert_stage_layers=config.bert_stage_layers, wpa_lang_to_vision=config.wpa_lang_to_vision,
+                   wpa_vision_to_lang=config.wpa_vision_to_lang)
 
     def pretrained_encoders(self):
         """The Cells whose weights come from converted checkpoints; the optimizer gives every other

@@ -9,12 +9,15 @@ import pytest
 
 import mindspore as ms
 
+from model_utils.config import get_config
 from src.models.bert import BertModel
 from src.checkpoint import load_pretrained
+from src.commands.train import build_network
 from src.tools import hf_bridge
 from src.tools.convert_bert import convert_bert_state_dict, infer_architecture, normalise_names
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY_CONFIG = os.path.join(ROOT, "tiny_config.yaml")
 MAX_TOKENS = 20
 TOLERANCE = 1e-4
 
@@ -112,3 +115,45 @@ def test_bert_mapping_fuses_qkv_and_reads_old_names():
     assert sorted(old_params) == sorted(params)
     for name, value in params.items():
         np.testing.assert_array_equal(old_params[name], value)
+
+
+class CoupledWords(ms.nn.Cell):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def construct(self, image, input_ids, attention_mask):
+        return self.net.encode(image, input_ids, attention_mask)[1]
+
+
+def minilm_coupled_config(pretrained_bert):
+    """Tiny vision, MiniLM's text sizes (6 layers: 2, 2, 1, 1 per stage), converted weights as train.py takes them."""
+    return get_config([], TINY_CONFIG, overrides={
+        "vocab_size": 30522, "bert_hidden_size": 384, "bert_num_layers": 6, "bert_stage_layers": [2, 2, 1, 1],
+        "bert_num_heads": 12, "bert_intermediate_size": 1536, "bert_max_position_embeddings": 512,
+        "pretrained_bert": pretrained_bert})
+
+
+@pytest.mark.slow
+def test_coupled_minilm_words_match_transformers_at_init(minilm_dir, tmp_path, monkeypatch):
+    """Converted MiniLM loaded by train.py's build_network into a CoupAlign whose 6 layers run 2, 2, 1, 1 before
+    the WPAs: with the gates closed at init, the words after the last WPA are transformers' last hidden state."""
+    from src.tools import convert_bert
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    input_ids, attention_mask = tokenize(os.path.join(minilm_dir, "vocab.txt"))
+    reference = hf_last_hidden(minilm_dir, input_ids, attention_mask)
+    dst = str(tmp_path / "minilm.ckpt")
+    convert_bert.main(["--src", minilm_dir, "--dst", dst])
+
+    ms.set_seed(4)
+    config = minilm_coupled_config(dst)
+    net = build_network(config)
+    net.set_train(False)
+    assert net.bert_blocks == [(0, 2), (2, 4), (4, 5), (5, 6)]
+    image = np.random.default_rng(0).standard_normal((len(SENTENCES), 3, config.image_size, config.image_size))
+    ours = CoupledWords(net)(ms.Tensor(image.astype(np.float32)), ms.Tensor(input_ids),
+                             ms.Tensor(attention_mask)).asnumpy()
+    real = attention_mask.astype(bool)
+    diff = float(np.abs(ours[real] - reference[real]).max())
+    print(f"coupled MiniLM max abs diff at real tokens: {diff:.2e}")
+    assert diff <= TOLERANCE
