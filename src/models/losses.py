@@ -62,13 +62,24 @@ def proposal_costs(proposals, target, smooth=1.0):
     return bce + dice
 
 
+def best_match(costs):
+    """One-hot (B, N) of the lowest cost per sample, without gradient. (B, N) -> (B, N)"""
+    return ops.stop_gradient(ops.one_hot(costs.argmin(axis=1), costs.shape[1], ops.ones((), costs.dtype),
+                                         ops.zeros((), costs.dtype)))
+
+
 def matched_proposal_loss(proposals, target):
     """Mask loss of the proposal that matches the target best (lowest proposal_costs), as set-prediction
     decoders match their queries; the choice itself carries no gradient. Y (B, N, h, w), target -> ()"""
     costs = proposal_costs(proposals, target)
-    best = ops.stop_gradient(ops.one_hot(costs.argmin(axis=1), costs.shape[1], ops.ones((), costs.dtype),
-                                         ops.zeros((), costs.dtype)))
-    return (costs * best).sum(axis=1).mean()
+    return (costs * best_match(costs)).sum(axis=1).mean()
+
+
+def selection_loss(weights, proposals, target):
+    """Cross-entropy of the SMA weights against the best-matching proposal: teaches SMA to pick the proposal
+    that is the target. weights (B, N), Y (B, N, h, w), target (B, 1, h, w) -> ()"""
+    best = best_match(ops.stop_gradient(proposal_costs(proposals, target)))
+    return -(best * ops.log(ops.maximum(weights, 1e-8))).sum(axis=1).mean()
 
 
 class CoupAlignWithLoss(nn.Cell):
@@ -83,6 +94,7 @@ class CoupAlignWithLoss(nn.Cell):
         self.aux_weight = config.loss_aux
         self.temperature = config.aux_temperature
         self.proposal_weight = config.loss_proposal
+        self.selection_weight = config.loss_selection
         self.aux_proj = nn.Dense(config.decoder_dim, config.decoder_dim)
         # auto_prefix=False would leave it the bare names weight / bias in checkpoints.
         self.aux_proj.update_parameters_name("aux_proj.")
@@ -103,7 +115,12 @@ class CoupAlignWithLoss(nn.Cell):
                                        small_gt.astype(ms.float32), self.temperature)
         total = self.bce_weight * bce + self.dice_weight * dice + self.aux_weight * aux
         proposal = ops.zeros((), ms.float32)
+        proposals, small_gt = outputs["proposals"].astype(ms.float32), small_gt.astype(ms.float32)
         if self.proposal_weight > 0:
-            proposal = matched_proposal_loss(outputs["proposals"].astype(ms.float32), small_gt.astype(ms.float32))
+            proposal = matched_proposal_loss(proposals, small_gt)
             total = total + self.proposal_weight * proposal
+        if self.selection_weight > 0:
+            selection = selection_loss(outputs["weights"].astype(ms.float32), proposals, small_gt)
+            proposal = proposal + selection
+            total = total + self.selection_weight * selection
         return total, bce, dice, aux, proposal

@@ -115,20 +115,31 @@ class WordPixelAlignment(nn.Cell):
     """Gated bidirectional fusion at one stage.
 
     V (B, HW, Cv), L (B, T, Cl), mask (B, T) -> V' (B, HW, Cv), L' (B, T, Cl), S = F (B, HW, Cv)
+
+    For ablations either direction can be left out: without language to vision the pixels pass unchanged and
+    S = V (the decoder then sees the sentence only through SMA); without vision to language the words do.
     """
 
     def __init__(self, vis_dim, lang_dim, num_heads=1, dropout=0.0, resolution=None, position_dim=0,
-                 cpu_kernels=True):
+                 cpu_kernels=True, lang_to_vis=True, vis_to_lang=True):
         super().__init__()
-        self.lang_to_vis = PixelWordAttention(vis_dim, lang_dim, num_heads, dropout, resolution, position_dim,
-                                              cpu_kernels)
-        self.vis_to_lang = WordPixelAttention(lang_dim, vis_dim, num_heads, dropout, cpu_kernels)
-        self.vis_gate = TanhGate(vis_dim)
-        self.lang_gate = TanhGate(lang_dim)
+        self.lang_to_vis = None
+        self.vis_to_lang = None
+        if lang_to_vis:
+            self.lang_to_vis = PixelWordAttention(vis_dim, lang_dim, num_heads, dropout, resolution, position_dim,
+                                                  cpu_kernels)
+            self.vis_gate = TanhGate(vis_dim)
+        if vis_to_lang:
+            self.vis_to_lang = WordPixelAttention(lang_dim, vis_dim, num_heads, dropout, cpu_kernels)
+            self.lang_gate = TanhGate(lang_dim)
 
     def construct(self, pixels, words, word_mask):
-        fused_pixels = self.lang_to_vis(pixels, words, word_mask)
-        fused_words = self.vis_to_lang(words, pixels)
-        pixels = pixels + self.vis_gate(fused_pixels) * fused_pixels
-        words = words + self.lang_gate(fused_words) * fused_words
+        fused_pixels = pixels
+        if self.lang_to_vis is not None:
+            fused_pixels = self.lang_to_vis(pixels, words, word_mask)
+        if self.vis_to_lang is not None:
+            fused_words = self.vis_to_lang(words, pixels)
+            words = words + self.lang_gate(fused_words) * fused_words
+        if self.lang_to_vis is not None:
+            pixels = pixels + self.vis_gate(fused_pixels) * fused_pixels
         return pixels, words, fused_pixels

@@ -5,7 +5,7 @@ import mindspore as ms
 import mindspore.ops as ops
 
 from src.models.losses import (bce_with_logits, dice_loss, foreground_contrast_loss, matched_proposal_loss,
-                               proposal_costs)
+                               proposal_costs, selection_loss)
 
 
 def test_losses_by_hand():
@@ -72,3 +72,12 @@ def test_matched_proposal_loss_takes_the_cheapest_proposal_by_hand():
     grads = ms.grad(matched_proposal_loss)(ms.Tensor(proposals), ms.Tensor(target)).asnumpy()
     assert np.abs(grads[0, 2]).sum() > 0 and np.abs(grads[1, 0]).sum() > 0
     assert np.abs(grads[0, :2]).sum() == 0 and np.abs(grads[1, 1:]).sum() == 0
+
+
+def test_selection_loss_is_the_cross_entropy_towards_the_matched_proposal():
+    target = np.zeros((1, 1, 2, 2), np.float32)
+    target[0, 0, 0] = 1
+    proposals = np.stack([np.where(target[0, 0] > 0, -3.0, 3.0), np.where(target[0, 0] > 0, 3.0, -3.0)])[None]
+    weights = np.array([[0.7, 0.3]], np.float32)  # SMA favours proposal 0, but proposal 1 is the target
+    loss = selection_loss(ms.Tensor(weights), ms.Tensor(proposals.astype(np.float32)), ms.Tensor(target))
+    np.testing.assert_allclose(float(loss.asnumpy()), -np.log(0.3), rtol=1e-5)

@@ -4,6 +4,8 @@ import pytest
 
 import mindspore as ms
 
+from src.models.wpa import WordPixelAlignment
+
 
 @pytest.mark.parametrize("num_heads", [1, 4])
 @pytest.mark.slow
@@ -37,3 +39,22 @@ def test_pixel_key_attention_equals_attention_over_projected_pixels(num_heads):
     got = value_and_gradients(ours, ours)
     for index, (ours_value, reference_value) in enumerate(zip(got, expected)):
         np.testing.assert_allclose(ours_value, reference_value, rtol=1e-4, atol=2e-5, err_msg=str(index))
+
+
+@pytest.mark.parametrize("lang_to_vis, vis_to_lang", [(False, True), (True, False)])
+def test_a_left_out_direction_passes_its_features_unchanged(lang_to_vis, vis_to_lang):
+    rng = np.random.default_rng(1)
+    pixels = ms.Tensor(rng.standard_normal((2, 16, 8)).astype(np.float32))
+    words = ms.Tensor(rng.standard_normal((2, 5, 6)).astype(np.float32))
+    mask = ms.Tensor(np.ones((2, 5), np.int32))
+    wpa = WordPixelAlignment(8, 6, 1, resolution=(4, 4), cpu_kernels=False, lang_to_vis=lang_to_vis,
+                             vis_to_lang=vis_to_lang)
+    for param in wpa.trainable_params():  # open the gates, so that a direction that is there changes its side
+        param.set_data(ms.Tensor(rng.standard_normal(param.shape).astype(np.float32)))
+    new_pixels, new_words, fused = (value.asnumpy() for value in wpa(pixels, words, mask))
+    assert np.array_equal(new_pixels, pixels.asnumpy()) == (not lang_to_vis)
+    assert np.array_equal(new_words, words.asnumpy()) == (not vis_to_lang)
+    if not lang_to_vis:
+        assert np.array_equal(fused, pixels.asnumpy())
+    assert not any(name.startswith("lang_to_vis" if not lang_to_vis else "vis_to_lang")
+                   for name in (param.name for param in wpa.trainable_params()))

@@ -1,0 +1,43 @@
+"""The ablation runner's bookkeeping: finished runs are read back, not retrained; the table by hand."""
+import json
+
+import pytest
+
+from src.tools import ablate
+
+
+def write_log(folder, val_oious, epochs):
+    folder.mkdir(parents=True)
+    lines = []
+    for epoch, oiou in enumerate(val_oious, start=1):
+        lines.append({"epoch": epoch, "step": epoch * 10, "loss": 1.0})
+        lines.append({"epoch": epoch, "mean_loss": 1.0, "val": {"oIoU": oiou, "mIoU": oiou, "prec@0.5": oiou}})
+    (folder / "train_log.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+def test_a_finished_run_is_read_with_its_last_and_best_epochs(tmp_path):
+    write_log(tmp_path / "full", [0.3, 0.6, 0.5], epochs=3)
+    last, best = ablate.read_run(str(tmp_path / "full"), 3)
+    assert last["oIoU"] == 0.5 and best["oIoU"] == 0.6
+    assert ablate.read_run(str(tmp_path / "full"), 4) is None  # stopped before the budget: trained again
+    assert ablate.read_run(str(tmp_path / "missing"), 3) is None
+
+
+def test_existing_runs_are_not_trained_again_and_the_table_compares_with_full(tmp_path, capsys, monkeypatch):
+    write_log(tmp_path / "full", [0.5, 0.62], epochs=2)
+    write_log(tmp_path / "one_proposal", [0.4, 0.55], epochs=2)
+    monkeypatch.setattr(ablate.subprocess, "run", lambda *args, **kwargs: pytest.fail("trained again"))
+    code = ablate.main(["--work_dir", str(tmp_path), "--variants", "full,one_proposal", "--epochs", "2",
+                        "--json", str(tmp_path / "ablation.json")])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "| full | the model and recipe of the config | 62.0 | 62.0 | 62.0 |" in out
+    assert "| one_proposal |" in out and out.strip().endswith("| -7.0 |")
+    saved = json.loads((tmp_path / "ablation.json").read_text())
+    assert saved["one_proposal"]["last"]["oIoU"] == 0.55 and saved["full"]["seconds"] is None
+
+
+def test_an_unknown_variant_is_one_line(tmp_path, capsys):
+    assert ablate.main(["--work_dir", str(tmp_path), "--variants", "full,no_decoder"]) == 1
+    known = ", ".join(ablate.VARIANTS)
+    assert capsys.readouterr().err.strip() == f"error: unknown variant(s) no_decoder; known: {known}"
