@@ -28,6 +28,8 @@ VARIANTS = {
     "no_aux_loss": ("no auxiliary contrastive loss", {"loss_aux": "0"}),
     "no_position": ("no position encoding in WPA", {"wpa_position_dim": "0"}),
     "proposal_loss": ("proposal supervision on (loss_proposal 1)", {"loss_proposal": "1"}),
+    "proposal_and_selection": ("proposal supervision and the SMA selection loss on (both 1)",
+                               {"loss_proposal": "1", "loss_selection": "1"}),
     "lr_mult_10": ("new_param_lr_mult 10 (the fusion and decoder at 10x the encoders' rate)",
                    {"new_param_lr_mult": "10"}),
 }
