@@ -63,3 +63,12 @@ def test_validation_diagnostics_join_the_metrics_without_changing_them(tmp_path,
     inspected = evaluate_split(net, create_dataset(config, "val", training=False, with_ids=True), diagnostics=True)
     assert {key: inspected[key] for key in plain} == plain
     assert all(0.0 <= inspected[key] <= 1.0 for key in DIAGNOSTICS)
+
+
+def test_inspecting_a_network_keeps_its_parameter_names(tiny_config):
+    from src.models.coupalign import CoupAlign
+    from src.models.inspection import WithProposals
+    net = CoupAlign.from_config(tiny_config)
+    names = [param.name for param in net.get_parameters()]
+    WithProposals(net)
+    assert [param.name for param in net.get_parameters()] == names

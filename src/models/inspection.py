@@ -8,7 +8,9 @@ class WithProposals(nn.Cell):
     their combination M (B, 1, h, w)."""
 
     def __init__(self, net):
-        super().__init__()
+        # No prefix: with one, wrapping would rename the network's parameters to net.* (checkpoints written
+        # after a validation with diagnostics would then not load).
+        super().__init__(auto_prefix=False)
         self.net = net
 
     def construct(self, image, input_ids, attention_mask):

@@ -95,7 +95,8 @@ def test_two_machines_train_to_identical_weights(two_machine_run):
 
 
 def test_validation_on_every_rank_equals_one_process_eval(two_machine_run, cluster_set):
-    """The all-gathered validation metrics of training are those of eval.py, to the last digit."""
+    """The all-gathered validation metrics of training (with the proposal diagnostics it logs) are those of
+    eval.py, to the last digit."""
     output, _ = two_machine_run
     _, flags = cluster_set
     records = [json.loads(line) for line in (output / "train_log.jsonl").read_text().splitlines()]
@@ -103,7 +104,7 @@ def test_validation_on_every_rank_equals_one_process_eval(two_machine_run, clust
     assert len(validated) == 1
     result_json = output / "eval_one_process.json"
     run([sys.executable, "eval.py", *flags, "--ckpt_path", str(output / "best.ckpt"), "--eval_splits", "val",
-         "--result_json", str(result_json)])
+         "--result_json", str(result_json), "--eval_diagnostics", "true"])
     one_process = json.loads(result_json.read_text())["val"]
     print(f"\nvalidation in the two-machine run: {validated[0]}\neval.py, one process:             {one_process}")
     assert one_process == validated[0]
