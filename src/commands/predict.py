@@ -7,6 +7,7 @@ lines {"image": ..., "sentence": ...}): everything in --predict_dir, with predic
 one image go through the network together, in batches of the MINDIR's batch (or eval_batch_size).
 """
 import collections
+import functools
 import json
 import os
 import sys
@@ -50,7 +51,14 @@ MINDIR_INPUTS = ("image", "input_ids", "attention_mask")
 
 
 def mindir_input_shapes(path):
-    """The input shapes a MINDIR file declares, in order, a free axis as None: [(B, 3, S, S), (B, T), (B, T)]."""
+    """The input shapes a MINDIR file declares, in order, a free axis as None: [(B, 3, S, S), (B, T), (B, T)].
+    Parsed once per unchanged file: the check and the predictor both ask, and a full-size file is ~1 GB."""
+    stat = os.stat(path)
+    return _parsed_mindir_input_shapes(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed_mindir_input_shapes(path, mtime_ns, size):  # pylint: disable=unused-argument  # the cache key
     from mindspore.train import mind_ir_pb2
     model = mind_ir_pb2.ModelProto()
     try:
