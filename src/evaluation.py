@@ -109,6 +109,13 @@ def format_table(results, resolution_note=""):
 # best_proposal_iou: the best single proposal's IoU with the target (is the right object among them?);
 # combined_iou: the IoU of their SMA combination M, to compare with it.
 DIAGNOSTICS = ("proposal_pairwise_iou", "sma_weight_entropy", "best_proposal_iou", "combined_iou")
+# With the same-class masks of the data (SAME_CLASS_COLUMNS), per sample at the input resolution: wrong_object
+# (1: IoU < WRONG_OBJECT_TARGET_IOU with the target and > WRONG_OBJECT_OTHER_IOU with another referred object
+# of its category in the image) and has_same_class (1: there is such an object); wrong_object_share is the
+# share of wrong_object among the samples with has_same_class.
+SAME_CLASS_DIAGNOSTICS = ("wrong_object", "has_same_class")
+WRONG_OBJECT_TARGET_IOU = 0.1
+WRONG_OBJECT_OTHER_IOU = 0.5
 FIXED_POINT = 10 ** 9  # diagnostics travel between ranks in the int64 rows of RankGroup.gather_rows
 
 
@@ -133,6 +140,25 @@ def proposal_diagnostics(proposals, weights, combined, target):
     return np.stack([pairwise, entropy, best, _iou(combined[:, 0] > 0, target, 0.0)], axis=1)
 
 
+def wrong_object_diagnostics(pred, target, same_class, count):
+    """SAME_CLASS_DIAGNOSTICS per sample: predicted and target masks (B, S, S) bool, the other same-class
+    objects (B, K, S, S) (empty where fewer than K) and their number (B,) -> float64 (B, 2)."""
+    on_target = _iou(pred, target, 1.0)
+    on_others = _iou(pred[:, None], same_class > 0, 0.0).max(axis=1) if same_class.shape[1] else np.zeros(len(pred))
+    wrong = (on_target < WRONG_OBJECT_TARGET_IOU) & (on_others > WRONG_OBJECT_OTHER_IOU)
+    return np.stack([wrong, count > 0], axis=1).astype(np.float64)
+
+
+def diagnostics_summary(names, rows):
+    """Means over the samples of the diagnostics `names` in the columns of rows (already / FIXED_POINT), with
+    the wrong-object pair turned into wrong_object_share (absent when no sample has a same-class object)."""
+    columns = dict(zip(names, rows.T))
+    summary = {name: float(columns[name].mean()) for name in DIAGNOSTICS}
+    if "has_same_class" in columns and columns["has_same_class"].sum() > 0:
+        summary["wrong_object_share"] = float(columns["wrong_object"].sum() / columns["has_same_class"].sum())
+    return summary
+
+
 def low_resolution_target(mask, height, width):
     """Ground truth (B, 1, S, S) in {0, 1} -> (B, h, w) bool, nearest (as the auxiliary loss sees it)."""
     return np.stack([cv2.resize(sample[0], (width, height), interpolation=cv2.INTER_NEAREST) > 0.5
@@ -151,9 +177,10 @@ def inspection_of(net):
 
 def predict_counts(net, dataset, description="eval", resolutions=("input",), diagnostics=False):
     """Runs `net` over every batch of `dataset` (image, input_ids, attention_mask, mask, ref_id, sent_id, and
-    original_mask, original_size for the original resolution) -> {resolution: int64 (n, 4) rows [ref_id,
-    sent_id, intersection, union]}, in the dataset's order; with `diagnostics` also "diagnostics": int64 rows
-    [ref_id, sent_id, DIAGNOSTICS x FIXED_POINT] (the network is then run through WithProposals).
+    original_mask, original_size for the original resolution, then SAME_CLASS_COLUMNS if the dataset has them)
+    -> {resolution: int64 (n, 4) rows [ref_id, sent_id, intersection, union]}, in the dataset's order; with
+    `diagnostics` also "diagnostics": int64 rows [ref_id, sent_id, DIAGNOSTICS (+ SAME_CLASS_DIAGNOSTICS when
+    the dataset has their columns) x FIXED_POINT] (the network is then run through WithProposals).
 
     A pixel is predicted as object where the logit is > 0 (sigmoid > 0.5).
     """
@@ -163,6 +190,7 @@ def predict_counts(net, dataset, description="eval", resolutions=("input",), dia
     if diagnostics:
         inspected = inspection_of(net)
         rows["diagnostics"] = []
+    same_class_at = 6 + (2 if "original" in resolutions else 0)
     iterator = dataset.create_tuple_iterator(num_epochs=1)
     # disable=None: a progress bar on a terminal, none in log files.
     with raising_decode_errors():
@@ -174,7 +202,12 @@ def predict_counts(net, dataset, description="eval", resolutions=("input",), dia
                 logits, weights, proposals, combined = (output.asnumpy() for output in
                                                         inspected(image, input_ids, attention_mask))
                 target = low_resolution_target(mask.asnumpy(), *proposals.shape[2:])
-                values = np.rint(proposal_diagnostics(proposals, weights, combined, target) * FIXED_POINT)
+                values = proposal_diagnostics(proposals, weights, combined, target)
+                if len(batch) > same_class_at:
+                    same_class, count = batch[same_class_at].asnumpy(), batch[same_class_at + 1].asnumpy()
+                    values = np.concatenate([values, wrong_object_diagnostics(
+                        logits[:, 0] > 0, mask.asnumpy()[:, 0] > 0.5, same_class, count.reshape(-1))], axis=1)
+                values = np.rint(values * FIXED_POINT)
                 rows["diagnostics"].append(np.concatenate([np.stack(ids, axis=1), values.astype(np.int64)], axis=1))
             else:
                 logits = net(image, input_ids, attention_mask).asnumpy()
@@ -209,7 +242,8 @@ def evaluate_split(net, dataset, description="eval", per_sample_file=None, split
         # One order however the split was sharded, so every rank's sums run in the same order.
         rows = rows[np.argsort(rows[:, 1], kind="stable")]
         if resolution == "diagnostics":
-            means = dict(zip(DIAGNOSTICS, (rows[:, 2:] / FIXED_POINT).mean(axis=0).tolist())) if len(rows) else {}
+            names = DIAGNOSTICS + (SAME_CLASS_DIAGNOSTICS if rows.shape[1] > 2 + len(DIAGNOSTICS) else ())
+            means = diagnostics_summary(names, rows[:, 2:] / FIXED_POINT) if len(rows) else {}
             continue
         metrics = RefSegMetrics()
         sample_ids = rows[:, :2]

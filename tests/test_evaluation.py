@@ -48,6 +48,40 @@ def test_proposal_diagnostics_by_hand():
     np.testing.assert_allclose(values, [[(1 + 1 / 3 + 1 / 3) / 3, np.log(2) / np.log(3), 1.0, 1 / 3]])
 
 
+def test_wrong_object_diagnostics_by_hand():
+    from src.evaluation import wrong_object_diagnostics
+    target = np.zeros((4, 4), bool)
+    target[:2, :2] = True
+    other = np.zeros((4, 4), bool)
+    other[2:, 2:] = True
+    both = target | other
+    empty = np.zeros((4, 4), bool)
+    # predictions: the other object exactly (wrong object), both objects (IoU 1/2 with the target: not wrong),
+    # nothing (IoU 0 with the target, 0 with the other: not wrong), the other object in an image whose
+    # same-class slots are empty (no such object known: not wrong, no same-class object)
+    pred = np.stack([other, both, empty, other])
+    targets = np.stack([target] * 4)
+    same_class = np.zeros((4, 2, 4, 4), np.uint8)
+    same_class[:3, 0] = other
+    count = np.array([1, 1, 1, 0])
+    values = wrong_object_diagnostics(pred, targets, same_class, count)
+    np.testing.assert_array_equal(values, [[1, 1], [0, 1], [0, 1], [0, 0]])
+
+
+def test_wrong_object_share_counts_only_samples_with_a_same_class_object():
+    from src.evaluation import DIAGNOSTICS, SAME_CLASS_DIAGNOSTICS, diagnostics_summary
+    rows = np.array([[0.2, 0.5, 0.4, 0.3, 1, 1], [0.4, 0.5, 0.6, 0.5, 0, 1], [0.6, 0.5, 0.8, 0.7, 0, 0],
+                     [0.8, 0.5, 1.0, 0.9, 0, 1]])
+    summary = diagnostics_summary(DIAGNOSTICS + SAME_CLASS_DIAGNOSTICS, rows)
+    assert summary["wrong_object_share"] == pytest.approx(1 / 3)
+    assert summary["proposal_pairwise_iou"] == pytest.approx(0.5) and summary["combined_iou"] == pytest.approx(0.6)
+    assert "wrong_object" not in summary and "has_same_class" not in summary
+    no_same_class = rows.copy()
+    no_same_class[:, 5] = 0
+    assert "wrong_object_share" not in diagnostics_summary(DIAGNOSTICS + SAME_CLASS_DIAGNOSTICS, no_same_class)
+    assert "wrong_object_share" not in diagnostics_summary(DIAGNOSTICS, rows[:, :4])
+
+
 def test_validation_diagnostics_join_the_metrics_without_changing_them(tmp_path, tiny_checkpoint):
     from model_utils.config import get_config
     from src.data.dataset import create_dataset
@@ -60,9 +94,14 @@ def test_validation_diagnostics_join_the_metrics_without_changing_them(tmp_path,
     config = get_config([], TINY_CONFIG, overrides={"mindrecord_dir": str(tmp_path / "mr")})
     net = tiny_checkpoint[0]
     plain = evaluate_split(net, create_dataset(config, "val", training=False, with_ids=True))
-    inspected = evaluate_split(net, create_dataset(config, "val", training=False, with_ids=True), diagnostics=True)
+    data = create_dataset(config, "val", training=False, with_ids=True, same_class_masks=True)
+    inspected = evaluate_split(net, data, diagnostics=True)
     assert {key: inspected[key] for key in plain} == plain
     assert all(0.0 <= inspected[key] <= 1.0 for key in DIAGNOSTICS)
+    has_same_class = any(batch["same_class_count"].any() for batch in data.create_dict_iterator(output_numpy=True))
+    assert ("wrong_object_share" in inspected) == has_same_class
+    if has_same_class:
+        assert 0.0 <= inspected["wrong_object_share"] <= 1.0
 
 
 def test_inspecting_a_network_keeps_its_parameter_names(tiny_config):

@@ -61,7 +61,8 @@ def run_eval(config):
         check_token_ids(config, split)
     datasets = {split: create_dataset(config, split, training=False, rank_id=ranks.rank_id,
                                       group_size=ranks.group_size, with_ids=True,
-                                      original_masks="original" in resolutions) for split in splits}
+                                      original_masks="original" in resolutions,
+                                      same_class_masks=config.eval_diagnostics) for split in splits}
     net = CoupAlign.from_config(config)
     load_network_weights(net, config.ckpt_path)
     net.set_train(False)

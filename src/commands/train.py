@@ -36,7 +36,7 @@ def validation_data(config, ranks):
     the split was not converted."""
     try:
         return create_dataset(config, "val", training=False, rank_id=ranks.rank_id, group_size=ranks.group_size,
-                              with_ids=True)
+                              with_ids=True, same_class_masks=config.val_diagnostics)
     except FileNotFoundError as err:
         if ranks.is_main:
             print(f"warning: no validation during training ({err}); best.ckpt will not be written", flush=True)

@@ -30,7 +30,7 @@ from src.data.tokenizer import VocabError, build_tokenizer
 from src.files import atomic_path, check_output_folder, file_sha256
 
 # The manifest's format (and the converter's as a whole): bump it when either changes.
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2  # 2: the index also holds ref_ann_ids and ref_categories (same layout)
 WRITE_CHUNK = 64
 # MindRecord's defaults (16 MiB header, 32 MiB pages) make every file about 50 MB long, however little it
 # holds; the bytes beyond the data are holes on disk but real bytes for cp or an object store. Pages are
@@ -95,13 +95,15 @@ class SplitStats:
 
 
 class SplitIndex:
-    """The side table of a split: per ref its image row and slot, per sentence its ref and tokens."""
+    """The side table of a split: per ref its image row, slot, annotation and category, per sentence its ref
+    and tokens."""
 
     def __init__(self, max_tokens):
         self.max_tokens = max_tokens
         # Flat typed arrays (4 or 8 bytes per value): a list of small numpy arrays would cost about 0.5 KB
         # per sentence of conversion memory.
         self.image_ids, self.ref_ids, self.ref_images, self.ref_slots = (array.array("q") for _ in range(4))
+        self.ref_ann_ids, self.ref_categories = array.array("q"), array.array("q")
         self.sent_ids, self.sent_refs = array.array("q"), array.array("q")
         self.input_ids, self.attention_mask = array.array("i"), array.array("i")
 
@@ -118,6 +120,8 @@ class SplitIndex:
             self.ref_ids.append(int(ref["ref_id"]))
             self.ref_images.append(row)
             self.ref_slots.append(slot)
+            self.ref_ann_ids.append(int(ref.get("ann_id", -1)))
+            self.ref_categories.append(int(ref.get("category_id", -1)))
 
     def save(self, path):
         tokens = (len(self.sent_ids), self.max_tokens)
@@ -127,6 +131,8 @@ class SplitIndex:
                      ref_ids=np.frombuffer(self.ref_ids, np.int64),
                      ref_images=np.frombuffer(self.ref_images, np.int64),
                      ref_slots=np.frombuffer(self.ref_slots, np.int64),
+                     ref_ann_ids=np.frombuffer(self.ref_ann_ids, np.int64),
+                     ref_categories=np.frombuffer(self.ref_categories, np.int64),
                      sent_ids=np.frombuffer(self.sent_ids, np.int64), sent_refs=np.frombuffer(self.sent_refs, np.int64),
                      input_ids=np.frombuffer(self.input_ids, np.int32).reshape(tokens),
                      attention_mask=np.frombuffer(self.attention_mask, np.int32).reshape(tokens))

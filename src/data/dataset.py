@@ -29,6 +29,11 @@ DATA_COLUMNS = ["image", "input_ids", "attention_mask", "mask"]
 # of the batch (B, Hmax, Wmax) uint8, and that size (B, 2) int32 as (height, width).
 ORIGINAL_COLUMNS = ["original_mask", "original_size"]
 ID_COLUMNS = ["ref_id", "sent_id"]
+# With same_class_masks=True: the masks of up to MAX_SAME_CLASS other referred objects of the target's category
+# in its image (B, K, S, S) uint8 in {0, 1}, zero where there are fewer, and how many there are (B,) int32
+# (sets converted before the index held categories: 0, and a note).
+SAME_CLASS_COLUMNS = ["same_class_masks", "same_class_count"]
+MAX_SAME_CLASS = 8
 # 1: one row per sentence (before the index file); 2: one row per image + index, PNG masks;
 # 3: masks as zlib-compressed bits (encode_mask)
 LAYOUT_VERSION = 3
@@ -199,14 +204,18 @@ class SplitTable:
     """A split's index (written by the converter next to its MindRecord): one entry per image row, per ref
     (ref_ids, ref_images = its image row, ref_slots = its place among that row's masks) and per sentence
     (sent_ids, sent_refs = its ref's entry, input_ids and attention_mask (S, T)). Sentences are stored
-    grouped by ref, refs grouped by image row."""
+    grouped by ref, refs grouped by image row. Per ref also its annotation and category (OPTIONAL_FIELDS: None
+    in sets converted before they were stored)."""
 
     FIELDS = ("image_ids", "ref_ids", "ref_images", "ref_slots", "sent_ids", "sent_refs", "input_ids",
               "attention_mask")
+    OPTIONAL_FIELDS = ("ref_ann_ids", "ref_categories")
 
     def __init__(self, arrays):
         for name in self.FIELDS:
             setattr(self, name, arrays[name])
+        for name in self.OPTIONAL_FIELDS:
+            setattr(self, name, arrays.get(name))
         self.ref_first_sent = np.searchsorted(self.sent_refs, np.arange(len(self.ref_ids)))
         self.ref_num_sents = np.bincount(self.sent_refs, minlength=len(self.ref_ids))
 
@@ -219,6 +228,28 @@ class SplitTable:
         """Entries of a ref's sentences."""
         first = int(self.ref_first_sent[ref_entry])
         return range(first, first + int(self.ref_num_sents[ref_entry]))
+
+    @property
+    def knows_categories(self):
+        return self.ref_categories is not None and self.ref_ann_ids is not None
+
+    def same_class_slots(self, image_row, ref_slot):
+        """Mask slots of the other referred objects (other annotations) of the category of the ref in `ref_slot`
+        of an image row, in slot order; [] when the index has no categories."""
+        if not self.knows_categories:
+            return []
+        entries = self.ref_entries(image_row)
+        target = entries[ref_slot]
+        category, ann_id = int(self.ref_categories[target]), int(self.ref_ann_ids[target])
+        if category < 0:  # a ref without category_id
+            return []
+        slots, seen = [], {ann_id}
+        for slot, entry in enumerate(entries):
+            other_ann = int(self.ref_ann_ids[entry])
+            if int(self.ref_categories[entry]) == category and other_ann not in seen:
+                seen.add(other_ann)
+                slots.append(slot)
+        return slots
 
     def describe(self, image_row, ref_slot=None):
         """'image_id I' of an image row, with ', ref_id R' of the ref in `ref_slot` of that row's masks."""
@@ -305,7 +336,8 @@ def read_index(index_file, hint):
             if layout != LAYOUT_VERSION:
                 raise LayoutError(f"{index_file} is data layout {layout}, this version reads layout "
                                   f"{LAYOUT_VERSION}; {hint}")
-            return SplitTable({name: arrays[name] for name in SplitTable.FIELDS})
+            names = SplitTable.FIELDS + tuple(name for name in SplitTable.OPTIONAL_FIELDS if name in arrays)
+            return SplitTable({name: arrays[name] for name in names})
     except LayoutError:
         raise
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
@@ -405,14 +437,22 @@ BATCH_INPUT_COLUMNS = ["image", "masks", "mask_ends", "height", "width", "image_
 
 
 class _DecodeBatchOp:
-    """per_batch_map of both pipelines: a batch's rows -> images (3, S, S) and the refs' masks (1, S, S).
+    """per_batch_map of both pipelines: a batch's rows -> images (3, S, S) and the refs' masks (1, S, S), with
+    ORIGINAL_COLUMNS and SAME_CLASS_COLUMNS when asked for.
     One Python call per batch (a per-sample Python map costs ~2 ms of overhead per sample); an image (and
     a ref's mask) that several samples of the batch share is decoded and resized once."""
 
-    def __init__(self, image_size, table, original_masks=False):
+    def __init__(self, image_size, table, original_masks=False, same_class_masks=False):
         self.image_size = image_size
         self.table = table  # to name an image or mask that does not decode
         self.original_masks = original_masks
+        self.same_class_masks = same_class_masks
+
+    def _mask_bits(self, masks, mask_ends, row, slot, height, width):
+        try:
+            return decode_mask_bits(ref_mask_bytes(masks, mask_ends, slot), height, width)
+        except DecodeError as err:
+            raise DecodeError(f"{self.table.describe(row, slot)}: {err}") from None
 
     def __call__(self, images, masks, mask_ends, heights, widths, image_rows, ref_slots, batch_info):
         size = self.image_size
@@ -421,9 +461,13 @@ class _DecodeBatchOp:
         if self.original_masks:
             sizes = np.stack([np.asarray(heights, np.int32).reshape(-1), np.asarray(widths, np.int32).reshape(-1)], 1)
             originals = np.zeros((len(images), int(sizes[:, 0].max()), int(sizes[:, 1].max())), np.uint8)
-        first_of_row, first_of_ref = {}, {}
+        if self.same_class_masks:
+            same_class = np.zeros((len(images), MAX_SAME_CLASS, size, size), np.uint8)
+            same_class_count = np.zeros(len(images), np.int32)
+        first_of_row, first_of_ref, at_input = {}, {}, {}
         for sample, (row, slot) in enumerate(zip(image_rows, ref_slots)):
             row, slot = int(row), int(slot)
+            height, width = int(heights[sample]), int(widths[sample])
             if row in first_of_row:
                 out_images[sample] = out_images[first_of_row[row]]
             else:
@@ -437,23 +481,31 @@ class _DecodeBatchOp:
                 out_masks[sample] = out_masks[first_of_ref[(row, slot)]]
             else:
                 first_of_ref[(row, slot)] = sample
-                try:
-                    bits = decode_mask_bits(ref_mask_bytes(masks[sample], mask_ends[sample], slot),
-                                            int(heights[sample]), int(widths[sample]))
-                except DecodeError as err:
-                    raise DecodeError(f"{self.table.describe(row, slot)}: {err}") from None
+                bits = self._mask_bits(masks[sample], mask_ends[sample], row, slot, height, width)
                 out_masks[sample] = mask_at_input(bits, size)
                 if self.original_masks:
                     originals[sample, :bits.shape[0], :bits.shape[1]] = bits
             if self.original_masks and first_of_ref[(row, slot)] != sample:
                 originals[sample] = originals[first_of_ref[(row, slot)]]
+            if self.same_class_masks:
+                others = self.table.same_class_slots(row, slot)
+                same_class_count[sample] = len(others)
+                for place, other in enumerate(others[:MAX_SAME_CLASS]):
+                    if (row, other) not in at_input:
+                        bits = self._mask_bits(masks[sample], mask_ends[sample], row, other, height, width)
+                        at_input[(row, other)] = mask_at_input(bits, size)[0] > 0.5
+                    same_class[sample, place] = at_input[(row, other)]
         # Whole arrays rather than lists of samples: MindSpore then takes each column in one copy (~2x faster).
+        outputs = (out_images, out_masks)
         if self.original_masks:
-            return out_images, out_masks, originals, sizes
-        return out_images, out_masks
+            outputs += (originals, sizes)
+        if self.same_class_masks:
+            outputs += (same_class, same_class_count)
+        return outputs
 
 
 _LOWERED_WORKERS = set()
+_NO_CATEGORY_NOTES = set()
 
 
 def pipeline_workers(requested):
@@ -473,7 +525,7 @@ def pipeline_workers(requested):
 
 
 def create_dataset(config, split, training, rank_id=0, group_size=1, with_ids=False, epoch=0, skip_batches=0,
-                   original_masks=False):
+                   original_masks=False, same_class_masks=False):
     """Batched pipeline of one epoch of a split's MindRecord.
 
     training: the plan of SplitTable.training_plan for (seed, `epoch`, rank): one random sentence per ref,
@@ -483,6 +535,7 @@ def create_dataset(config, split, training, rank_id=0, group_size=1, with_ids=Fa
     eval_batch_size; with group_size > 1 rank r reads the sentences of images r, r + G, ... (every sentence
     exactly once overall).
     original_masks: also ORIGINAL_COLUMNS (evaluation at the images' own sizes).
+    same_class_masks: also SAME_CLASS_COLUMNS (the wrong-object diagnostic), after the original ones.
     """
     if not 0 <= rank_id < group_size:
         raise ValueError(f"rank_id {rank_id} must be in [0, {group_size})")
@@ -497,11 +550,15 @@ def create_dataset(config, split, training, rank_id=0, group_size=1, with_ids=Fa
         plan = table.evaluation_plan(rank_id, group_size)
     cv2.setNumThreads(1)  # the pipeline's workers are the parallelism; OpenCV's own threads would oversubscribe
     data = _planned_source(first_file, table, plan, workers)
+    if same_class_masks and not table.knows_categories and first_file not in _NO_CATEGORY_NOTES:
+        _NO_CATEGORY_NOTES.add(first_file)
+        print(f"note: {first_file} was converted before the index held categories: no wrong-object diagnostic "
+              f"(reconvert it to have one)", flush=True)
+    extra = (ORIGINAL_COLUMNS if original_masks else []) + (SAME_CLASS_COLUMNS if same_class_masks else [])
     data = data.batch(batch_size, drop_remainder=training, num_parallel_workers=workers,
-                      per_batch_map=_DecodeBatchOp(image_size, table, original_masks),
-                      input_columns=BATCH_INPUT_COLUMNS,
-                      output_columns=["image", "mask"] + (ORIGINAL_COLUMNS if original_masks else []))
-    return data.project(DATA_COLUMNS + (ID_COLUMNS if with_ids else []) + (ORIGINAL_COLUMNS if original_masks else []))
+                      per_batch_map=_DecodeBatchOp(image_size, table, original_masks, same_class_masks),
+                      input_columns=BATCH_INPUT_COLUMNS, output_columns=["image", "mask"] + extra)
+    return data.project(DATA_COLUMNS + (ID_COLUMNS if with_ids else []) + extra)
 
 
 def eval_sample_ids(config, split, rank_id=0, group_size=1):

@@ -1,6 +1,7 @@
 """MindRecord pipeline: shapes, normalisation, one sentence per ref per epoch, every sentence in eval."""
 import contextlib
 import io
+import pickle
 import os
 from collections import Counter
 
@@ -342,3 +343,54 @@ def test_more_workers_than_cpus_are_lowered_with_a_note(mindrecord_dir, capsys):
     assert sum(len(batch["mask"]) for batch in batches(data)[0]) == len(
         eval_sample_ids(make_config(mindrecord_dir), "val")[1])
     assert f"note: num_parallel_workers {too_many} lowered to" in capsys.readouterr().out
+
+
+def same_class_reference(synthetic_root, split):
+    """ref_id -> masks (at SIZE) of the other referred annotations of its image and category, in ref_id order,
+    from pycocotools and pickle.load of the REFER files."""
+    from pycocotools.coco import COCO
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(os.path.join(synthetic_root, "refcoco", "instances.json"))
+    with open(os.path.join(synthetic_root, "refcoco", "refs(unc).p"), "rb") as handle:
+        refs = sorted((ref for ref in pickle.load(handle) if ref["split"] == split), key=lambda ref: ref["ref_id"])
+    expected = {}
+    for ref in refs:
+        others = []
+        for other in refs:
+            if (other["image_id"] == ref["image_id"] and other["category_id"] == ref["category_id"]
+                    and other["ann_id"] != ref["ann_id"] and other["ann_id"] not in others):
+                others.append(other["ann_id"])
+        expected[ref["ref_id"]] = [cv2.resize(coco.annToMask(coco.anns[ann_id]), (SIZE, SIZE),
+                                              interpolation=cv2.INTER_NEAREST) for ann_id in others]
+    return expected
+
+
+def test_same_class_masks_are_the_other_referred_objects_of_the_category(mindrecord_dir, synthetic_root):
+    from src.data.dataset import MAX_SAME_CLASS, SAME_CLASS_COLUMNS
+    data = create_dataset(make_config(mindrecord_dir, eval_batch_size=3), "val", training=False, with_ids=True,
+                          same_class_masks=True)
+    assert data.get_col_names()[-2:] == SAME_CLASS_COLUMNS
+    expected = same_class_reference(synthetic_root, "val")
+    counts = []
+    for batch in batches(data)[0]:
+        assert batch["same_class_masks"].shape[1:] == (MAX_SAME_CLASS, SIZE, SIZE)
+        for index, ref_id in enumerate(batch["ref_id"].tolist()):
+            others = expected[ref_id]
+            counts.append(len(others))
+            assert int(batch["same_class_count"][index]) == len(others)
+            for place in range(MAX_SAME_CLASS):
+                wanted = others[place] if place < len(others) else np.zeros((SIZE, SIZE), np.uint8)
+                np.testing.assert_array_equal(batch["same_class_masks"][index, place], wanted)
+    assert any(count > 0 for count in counts)  # the check above is not vacuous
+
+
+def test_a_table_without_categories_has_no_same_class_objects():
+    from src.data.dataset import SplitTable
+    arrays = {name: np.zeros(1, np.int64) for name in SplitTable.FIELDS}
+    table = SplitTable(arrays)
+    assert not table.knows_categories and table.same_class_slots(0, 0) == []
+    arrays.update(ref_ann_ids=np.array([7, 8, 9, 7]), ref_categories=np.array([1, 1, 2, 1]),
+                  ref_images=np.zeros(4, np.int64), ref_ids=np.arange(4))
+    table = SplitTable(arrays)
+    # slot 3 is the target's own annotation again, slot 2 another category
+    assert table.same_class_slots(0, 0) == [1] and table.same_class_slots(0, 2) == []
