@@ -160,8 +160,9 @@ def diagnostics_summary(names, rows):
 
 
 def low_resolution_target(mask, height, width):
-    """Ground truth (B, 1, S, S) in {0, 1} -> (B, h, w) bool, nearest (as the auxiliary loss sees it)."""
-    return np.stack([cv2.resize(sample[0], (width, height), interpolation=cv2.INTER_NEAREST) > 0.5
+    """Ground truth (B, 1, S, S) in {0, 1} -> (B, h, w) bool: the cells the object covers at least half of (as
+    the auxiliary loss sees it; models.losses.mask_coverage)."""
+    return np.stack([cv2.resize(sample[0].astype(np.float32), (width, height), interpolation=cv2.INTER_AREA) >= 0.5
                      for sample in mask])
 
 

@@ -51,9 +51,26 @@ def foreground_contrast_loss(pixel_embed, anchor, fg_mask, temperature):
     return (per_pixel * fg).sum() / ops.maximum(fg.sum(), 1.0)
 
 
+def mask_coverage(mask, size):
+    """Share of each low-resolution cell that the mask covers (area average over the cell's pixels), the
+    ground truth of the low-resolution losses. (B, 1, S, S) in {0, 1}, size (h, w) with S a multiple of
+    both -> (B, 1, h, w) in [0, 1]
+
+    Not nearest-neighbour downsampling: that samples one pixel per cell (its top-left one for 4x4 cells),
+    which shifts the target by 1.5 pixels against the cell centres that the bilinear upsampling of M
+    assumes, and a model trained on it draws its masks 1.5 pixels up and left.
+    """
+    batch, channels, height, width = mask.shape
+    rows, columns = size
+    if height % rows or width % columns:
+        raise ValueError(f"mask size {height}x{width} is not a multiple of the low resolution {rows}x{columns}")
+    cells = mask.reshape(batch, channels, rows, height // rows, columns, width // columns)
+    return cells.mean(axis=(3, 5))
+
+
 def proposal_costs(proposals, target, smooth=1.0):
     """BCE + Dice of every proposal against the target, at the proposals' resolution.
-    Y (B, N, h, w) logits, target (B, 1, h, w) in {0, 1} -> (B, N)"""
+    Y (B, N, h, w) logits, target (B, 1, h, w) in [0, 1] (mask_coverage) -> (B, N)"""
     target = broadcast_as(target, proposals)
     bce = (ops.relu(proposals) - proposals * target + ops.log1p(ops.exp(-ops.abs(proposals)))).mean(axis=(2, 3))
     prob = ops.sigmoid(proposals)
@@ -110,17 +127,19 @@ class CoupAlignWithLoss(nn.Cell):
         gt_mask = gt_mask.astype(logits.dtype)
         bce = bce_with_logits(logits.astype(ms.float32), gt_mask.astype(ms.float32))
         dice = dice_loss(logits.astype(ms.float32), gt_mask.astype(ms.float32))
-        small_gt = ops.interpolate(gt_mask, size=pixel_embed.shape[2:], mode="nearest")
+        coverage = mask_coverage(gt_mask.astype(ms.float32), pixel_embed.shape[2:])
+        # The contrast needs a hard split: a cell is foreground when the object covers at least half of it.
+        foreground = (coverage >= 0.5).astype(ms.float32)
         aux = foreground_contrast_loss(pixel_embed.astype(ms.float32), self.aux_proj(sentence.astype(ms.float32)),
-                                       small_gt.astype(ms.float32), self.temperature)
+                                       foreground, self.temperature)
         total = self.bce_weight * bce + self.dice_weight * dice + self.aux_weight * aux
         proposal = ops.zeros((), ms.float32)
-        proposals, small_gt = outputs["proposals"].astype(ms.float32), small_gt.astype(ms.float32)
+        proposals = outputs["proposals"].astype(ms.float32)
         if self.proposal_weight > 0:
-            proposal = matched_proposal_loss(proposals, small_gt)
+            proposal = matched_proposal_loss(proposals, coverage)
             total = total + self.proposal_weight * proposal
         if self.selection_weight > 0:
-            selection = selection_loss(outputs["weights"].astype(ms.float32), proposals, small_gt)
+            selection = selection_loss(outputs["weights"].astype(ms.float32), proposals, coverage)
             proposal = proposal + selection
             total = total + self.selection_weight * selection
         return total, bce, dice, aux, proposal

@@ -4,8 +4,10 @@ import numpy as np
 import mindspore as ms
 import mindspore.ops as ops
 
-from src.models.losses import (bce_with_logits, dice_loss, foreground_contrast_loss, matched_proposal_loss,
-                               proposal_costs, selection_loss)
+import pytest
+
+from src.models.losses import (bce_with_logits, dice_loss, foreground_contrast_loss, mask_coverage,
+                               matched_proposal_loss, proposal_costs, selection_loss)
 
 
 def test_losses_by_hand():
@@ -81,3 +83,18 @@ def test_selection_loss_is_the_cross_entropy_towards_the_matched_proposal():
     weights = np.array([[0.7, 0.3]], np.float32)  # SMA favours proposal 0, but proposal 1 is the target
     loss = selection_loss(ms.Tensor(weights), ms.Tensor(proposals.astype(np.float32)), ms.Tensor(target))
     np.testing.assert_allclose(float(loss.asnumpy()), -np.log(0.3), rtol=1e-5)
+
+
+def test_mask_coverage_is_the_share_of_each_cell_by_hand():
+    mask = np.zeros((1, 1, 8, 8), np.float32)
+    mask[0, 0, 1:4, 2:7] = 1.0  # rows 1-3, columns 2-6
+    coverage = mask_coverage(ms.Tensor(mask), (2, 2)).asnumpy()
+    # 4x4 cells: top-left holds rows 1-3 x columns 2-3 (6 pixels), top-right rows 1-3 x columns 4-6 (9)
+    np.testing.assert_allclose(coverage[0, 0], [[6 / 16, 9 / 16], [0.0, 0.0]])
+    # nearest-neighbour sampling would read the cells' top-left pixels (0, 0) and (0, 4): both background
+    assert float(ops.interpolate(ms.Tensor(mask), size=(2, 2), mode="nearest").asnumpy().sum()) == 0.0
+
+
+def test_mask_coverage_refuses_a_size_that_does_not_divide_the_mask():
+    with pytest.raises(ValueError, match="not a multiple"):
+        mask_coverage(ms.Tensor(np.zeros((1, 1, 8, 8), np.float32)), (3, 3))
