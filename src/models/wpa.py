@@ -21,6 +21,22 @@ class TanhGate(nn.Cell):
         return ops.tanh(self.fc2(ops.relu(self.fc1(x))))
 
 
+class PixelPosition(nn.Cell):
+    """A fixed 2-D sine encoding of each pixel's place in the image, projected to the pixel width.
+
+    (B, HW, C) pixels -> (B, HW, C) their encodings (broadcast over the batch)
+    """
+
+    def __init__(self, resolution, position_dim, dim):
+        super().__init__()
+        height, width = resolution
+        self.encoding = Tensor(sine_position_encoding(height, width, position_dim)[None])
+        self.proj = nn.Dense(position_dim, dim)
+
+    def construct(self, pixels):
+        return broadcast_as(self.proj(self.encoding.astype(pixels.dtype)), pixels)
+
+
 class PixelWordAttention(nn.Cell):
     """Language to vision: pixels query the words; the attended language multiplies the pixels.
 
@@ -34,11 +50,7 @@ class PixelWordAttention(nn.Cell):
     def __init__(self, vis_dim, lang_dim, num_heads, dropout=0.0, resolution=None, position_dim=0, cpu_kernels=True):
         super().__init__()
         self.vis_proj = nn.Dense(vis_dim, vis_dim)
-        self.position = None
-        if position_dim > 0:
-            height, width = resolution
-            self.position = Tensor(sine_position_encoding(height, width, position_dim)[None])
-            self.position_proj = nn.Dense(position_dim, vis_dim)
+        self.position = PixelPosition(resolution, position_dim, vis_dim) if position_dim > 0 else None
         self.attn = MultiHeadAttention(vis_dim, lang_dim, vis_dim, num_heads, dropout=dropout)
         self.fuse_proj = nn.Dense(vis_dim, vis_dim)
         self.gelu = Gelu(cpu_kernels)
@@ -46,7 +58,7 @@ class PixelWordAttention(nn.Cell):
     def construct(self, pixels, words, word_mask):
         vis = self.vis_proj(pixels)
         if self.position is not None:
-            vis = vis + broadcast_as(self.position_proj(self.position.astype(vis.dtype)), vis)
+            vis = vis + self.position(vis)
         vis = self.gelu(vis)
         lang = self.attn(pixels, words, words, word_mask)
         return self.gelu(self.fuse_proj(vis * lang))
@@ -100,14 +112,21 @@ class WordPixelAttention(nn.Cell):
     """Vision to language: words query the pixels (projected to the word width), then LayerNorm.
 
     (B, T, Cl), (B, HW, Cv) -> G (B, T, Cl)
+
+    With `position_dim` > 0 the pixels that the words read carry the projected sine encoding of their place,
+    so that a word can gather where the objects it names are ("the left circle" needs every circle's place):
+    Swin's features hold no absolute position.
     """
 
-    def __init__(self, lang_dim, vis_dim, num_heads, dropout=0.0, cpu_kernels=True):
+    def __init__(self, lang_dim, vis_dim, num_heads, dropout=0.0, cpu_kernels=True, resolution=None, position_dim=0):
         super().__init__()
+        self.position = PixelPosition(resolution, position_dim, vis_dim) if position_dim > 0 else None
         self.attn = PixelKeyAttention(lang_dim, vis_dim, lang_dim, num_heads, dropout=dropout)
         self.norm = layer_norm(lang_dim, cpu_kernels=cpu_kernels)
 
     def construct(self, words, pixels):
+        if self.position is not None:
+            pixels = pixels + self.position(pixels)
         return self.norm(self.attn(words, pixels))
 
 
@@ -130,7 +149,8 @@ class WordPixelAlignment(nn.Cell):
                                                   cpu_kernels)
             self.vis_gate = TanhGate(vis_dim)
         if vis_to_lang:
-            self.vis_to_lang = WordPixelAttention(lang_dim, vis_dim, num_heads, dropout, cpu_kernels)
+            self.vis_to_lang = WordPixelAttention(lang_dim, vis_dim, num_heads, dropout, cpu_kernels, resolution,
+                                                  position_dim)
             self.lang_gate = TanhGate(lang_dim)
 
     def construct(self, pixels, words, word_mask):

@@ -58,3 +58,26 @@ def test_a_left_out_direction_passes_its_features_unchanged(lang_to_vis, vis_to_
         assert np.array_equal(fused, pixels.asnumpy())
     assert not any(name.startswith("lang_to_vis" if not lang_to_vis else "vis_to_lang")
                    for name in (param.name for param in wpa.trainable_params()))
+
+
+@pytest.mark.parametrize("position_dim", [0, 8])
+def test_words_learn_where_the_pixels_are_only_with_the_position_input(position_dim):
+    """Vision to language reads the pixels with their projected sine encoding: moving the same pixels to other
+    places changes what the words gather when position_dim > 0, and nothing without it (a set of pixels)."""
+    from src.models.layers import sine_position_encoding
+    from src.models.wpa import WordPixelAttention
+    rng = np.random.default_rng(2)
+    attention = WordPixelAttention(6, 8, 2, cpu_kernels=False, resolution=(4, 4), position_dim=position_dim)
+    words = ms.Tensor(rng.standard_normal((1, 3, 6)).astype(np.float32))
+    pixels = rng.standard_normal((1, 16, 8)).astype(np.float32)
+    moved = pixels[:, rng.permutation(16)]
+    here, there = (attention(words, ms.Tensor(values)).asnumpy() for values in (pixels, moved))
+    if position_dim == 0:
+        np.testing.assert_allclose(here, there, atol=1e-5)
+        assert attention.position is None
+        return
+    assert np.abs(here - there).max() > 1e-3
+    # the encoding added to every pixel is the projection of the sine table: linear in it, as nn.Dense
+    projection = attention.position.proj
+    expected = sine_position_encoding(4, 4, position_dim) @ projection.weight.asnumpy().T + projection.bias.asnumpy()
+    np.testing.assert_allclose(attention.position(ms.Tensor(pixels)).asnumpy()[0], expected, rtol=1e-5, atol=1e-6)
