@@ -88,6 +88,8 @@ def build_optimizer(network, config, steps_per_epoch):
     steps makes steps_per_epoch / k of them.
     """
     accum_steps = check_grad_accum_steps(config.grad_accum_steps)
+    if config.warmup_epochs < 0:
+        raise ValueError(f"warmup_epochs must be at least 0, got {config.warmup_epochs}")
     total_steps = max(config.epochs * steps_per_epoch // accum_steps, 1)
     warmup_steps = int(config.warmup_epochs * steps_per_epoch) // accum_steps
     base = poly_lr(config.lr, total_steps, warmup_steps, config.lr_power)

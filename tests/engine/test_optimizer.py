@@ -54,3 +54,22 @@ def test_grad_accum_steps_must_be_a_positive_integer(value):
     from src.engine.optimizer import check_grad_accum_steps
     with pytest.raises(ValueError, match="grad_accum_steps must be an integer >= 1"):
         check_grad_accum_steps(value)
+
+
+def test_fractional_warmup_epochs_warm_up_that_share_of_the_steps(tiny_config):
+    """warmup_epochs 0.5 of 10 steps per epoch: 5 warm-up steps at lr/5, 2 lr/5, ... then the decay."""
+    from src.engine.optimizer import build_optimizer, poly_lr
+    config = tiny_config.copy()
+    config.warmup_epochs = 0.5
+    _, rates = build_optimizer(CoupAlignWithLoss(CoupAlign.from_config(config), config), config, 10)
+    np.testing.assert_allclose(rates.base_rates, poly_lr(config.lr, config.epochs * 10, 5, config.lr_power), rtol=1e-6)
+    assert [rates.rate(step) for step in range(5)] == pytest.approx([config.lr * k / 5 for k in range(1, 6)])
+    assert rates.rate(5) == pytest.approx(config.lr)
+
+
+def test_negative_warmup_is_refused(tiny_config):
+    from src.engine.optimizer import build_optimizer
+    config = tiny_config.copy()
+    config.warmup_epochs = -1.0
+    with pytest.raises(ValueError, match="warmup_epochs must be at least 0"):
+        build_optimizer(CoupAlignWithLoss(CoupAlign.from_config(config), config), config, 10)
