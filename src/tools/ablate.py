@@ -26,14 +26,16 @@ VARIANTS = {
     "no_vision_to_lang": ("no vision-to-language WPA (words without the pixels)", {"wpa_vision_to_lang": "false"}),
     "one_proposal": ("N = 1: a single proposal, SMA has nothing to choose", {"num_queries": "1"}),
     "no_aux_loss": ("no auxiliary contrastive loss", {"loss_aux": "0"}),
-    "no_position": ("no position encoding in WPA", {"wpa_position_dim": "0"}),
-    "proposal_loss": ("proposal supervision on (loss_proposal 1)", {"loss_proposal": "1"}),
-    "proposal_and_selection": ("proposal supervision and the SMA selection loss on (both 1)",
-                               {"loss_proposal": "1", "loss_selection": "1"}),
+    "no_position": ("no position encoding in WPA (either direction)", {"wpa_position_dim": "0"}),
+    "no_proposal_supervision": ("neither proposal nor selection loss (the paper's losses only)",
+                                {"loss_proposal": "0", "loss_selection": "0"}),
+    "no_selection_loss": ("proposal supervision without the SMA selection loss", {"loss_selection": "0"}),
     "lr_mult_10": ("new_param_lr_mult 10 (the fusion and decoder at 10x the encoders' rate)",
                    {"new_param_lr_mult": "10"}),
+    "no_warmup": ("no learning-rate warm-up", {"warmup_epochs": "0"}),
 }
-REPORTED = ("oIoU", "mIoU", "prec@0.5", "best_proposal_iou", "proposal_pairwise_iou", "sma_weight_entropy")
+REPORTED = ("oIoU", "mIoU", "prec@0.5", "best_proposal_iou", "proposal_pairwise_iou", "sma_weight_entropy",
+            "wrong_object_share")
 
 
 def parse_flags(argv):
