@@ -18,7 +18,7 @@ from model_utils.config import ConfigError, get_config
 from src.files import atomic_path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# name -> (what it removes or changes, the train.py overrides that do it)
+# name -> (what it removes or changes, the train.py overrides that do it: a string, or a function of the config)
 VARIANTS = {
     "full": ("the model and recipe of the config", {}),
     "no_lang_to_vision": ("no language-to-vision WPA (pixels and decoder maps without the words)",
@@ -30,8 +30,8 @@ VARIANTS = {
     "no_proposal_supervision": ("neither proposal nor selection loss (the paper's losses only)",
                                 {"loss_proposal": "0", "loss_selection": "0"}),
     "no_selection_loss": ("proposal supervision without the SMA selection loss", {"loss_selection": "0"}),
-    "lr_mult_10": ("new_param_lr_mult 10 (the fusion and decoder at 10x the encoders' rate)",
-                   {"new_param_lr_mult": "10"}),
+    "lr_mult_10": ("new_param_lr_mult 10: fusion and decoder at the config's lr, encoders at a tenth of it",
+                   {"new_param_lr_mult": "10", "lr": lambda config: repr(config.lr / 10)}),
     "no_warmup": ("no learning-rate warm-up", {"warmup_epochs": "0"}),
 }
 REPORTED = ("oIoU", "mIoU", "prec@0.5", "best_proposal_iou", "proposal_pairwise_iou", "sma_weight_entropy",
@@ -65,13 +65,20 @@ def read_run(folder, epochs):
     return validated[-1]["val"], max((record["val"] for record in validated), key=lambda val: val["oIoU"])
 
 
-def train_variant(name, options, train_flags, epochs):
+def variant_flags(name, config):
+    """The train.py flags that make `name` out of `config`."""
+    return [flag for key, value in VARIANTS[name][1].items()
+            for flag in (f"--{key}", value(config) if callable(value) else value)]
+
+
+def train_variant(name, options, train_flags, config):
     """Trains one variant (unless its folder holds a finished run) -> {last, best, seconds}."""
     folder = os.path.join(options.work_dir, name)
+    epochs = int(config.epochs)
     finished = read_run(folder, epochs)
     seconds = None
     if finished is None:
-        flags = [flag for key, value in VARIANTS[name][1].items() for flag in (f"--{key}", value)]
+        flags = variant_flags(name, config)
         command = [sys.executable, "train.py", "--config_path", options.config_path, *train_flags, *flags,
                    "--output_dir", folder, "--overwrite", "true"]
         print(f"ablate: training {name} ({VARIANTS[name][0]})", flush=True)
@@ -103,8 +110,9 @@ def table(results):
 def main(argv=None):
     try:
         options, names, train_flags = parse_flags(sys.argv[1:] if argv is None else argv)
-        epochs = int(get_config(train_flags + ["--config_path", options.config_path]).epochs)
-        results = {name: train_variant(name, options, train_flags, epochs) for name in names}
+        config = get_config(train_flags + ["--config_path", options.config_path])
+        epochs = int(config.epochs)
+        results = {name: train_variant(name, options, train_flags, config) for name in names}
     except (ConfigError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -41,3 +41,9 @@ def test_an_unknown_variant_is_one_line(tmp_path, capsys):
     assert ablate.main(["--work_dir", str(tmp_path), "--variants", "full,no_decoder"]) == 1
     known = ", ".join(ablate.VARIANTS)
     assert capsys.readouterr().err.strip() == f"error: unknown variant(s) no_decoder; known: {known}"
+
+
+def test_lr_multiplier_variant_keeps_the_new_modules_at_the_configs_rate(tiny_config):
+    flags = ablate.variant_flags("lr_mult_10", tiny_config)
+    assert flags == ["--new_param_lr_mult", "10", "--lr", repr(tiny_config.lr / 10)]
+    assert ablate.variant_flags("no_aux_loss", tiny_config) == ["--loss_aux", "0"]
