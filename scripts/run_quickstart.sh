@@ -23,7 +23,7 @@ OUT=$WORK/output
 COMMON=(--config_path "$CONFIG" --mindrecord_dir "$RECORDS" --vocab_file "$DATA/vocab.txt")
 
 echo "== 1/7 writing the synthetic referring set to $DATA"
-"$PY" -m src.data.synthetic --out "$DATA"
+"$PY" -m src.data.synthetic --out "$DATA" --images 2000
 echo "== 2/7 converting it to MindRecord in $RECORDS"
 "$PY" -m src.data.build_mindrecord "${COMMON[@]}" --refer_data_root "$DATA" --image_root "$DATA/images" \
     --dataset refcoco --split_by unc

@@ -39,6 +39,7 @@ def test_schedule_counts_optimizer_steps_when_accumulating(tiny_config):
     """16 epochs x 5 micro steps with k = 4: 20 optimizer steps, one of them warm-up (5 // 4)."""
     from src.engine.optimizer import build_optimizer, poly_lr
     config = tiny_config.copy()
+    config.epochs = 16
     config.warmup_epochs = 1
     config.grad_accum_steps = 4
     _, rates = build_optimizer(CoupAlignWithLoss(CoupAlign.from_config(config), config), config, 5)
