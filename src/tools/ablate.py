@@ -4,8 +4,9 @@ budget, and print one table of the validation metrics.
 python -m src.tools.ablate --mindrecord_dir M --vocab_file V --work_dir W [--config_path tiny_config.yaml]
     [--variants full,no_lang_to_vision,...] [--json W/ablation.json] [any train.py flag, e.g. --epochs 8]
 
-Each variant trains with train.py in its own process into W/<variant>; a variant whose folder already holds
-a finished run (its train_log.jsonl has the last epoch's record) is read, not trained again.
+Each variant trains with train.py in its own process into W/<variant>, its output in W/<variant>.log and its
+end-of-epoch lines echoed; a variant whose folder already holds a finished run (its train_log.jsonl has the
+last epoch's record) is read, not trained again.
 """
 import argparse
 import json
@@ -71,9 +72,25 @@ def variant_flags(name, config):
             for flag in (f"--{key}", value(config) if callable(value) else value)]
 
 
+def run_logged(command, log_path, name):
+    """Runs `command`, its output into log_path, echoing its end-of-epoch lines -> (exit code, last line)."""
+    last_line = ""
+    with open(log_path, "w", encoding="utf-8") as log, \
+            subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as child:
+        for line in child.stdout:
+            log.write(line)
+            if line.strip():
+                last_line = line.strip().removeprefix("error: ")
+            if " done:" in line:  # "epoch 2/6 done: mean loss ... in 42.5s; val oIoU 0.6505, mIoU ..."
+                summary, _, metrics = line.partition("; val ")
+                print(f"ablate: {name}: {summary.strip()}; val {metrics.split(',')[0]}", flush=True)
+    return child.returncode, last_line
+
+
 def train_variant(name, options, train_flags, config):
     """Trains one variant (unless its folder holds a finished run) -> {last, best, seconds}."""
     folder = os.path.join(options.work_dir, name)
+    log_path = os.path.join(options.work_dir, f"{name}.log")
     epochs = int(config.epochs)
     finished = read_run(folder, epochs)
     seconds = None
@@ -81,13 +98,12 @@ def train_variant(name, options, train_flags, config):
         flags = variant_flags(name, config)
         command = [sys.executable, "train.py", "--config_path", options.config_path, *train_flags, *flags,
                    "--output_dir", folder, "--overwrite", "true"]
-        print(f"ablate: training {name} ({VARIANTS[name][0]})", flush=True)
+        print(f"ablate: training {name} ({VARIANTS[name][0]}); output in {log_path}", flush=True)
         start = time.perf_counter()
-        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+        returncode, last_line = run_logged(command, log_path, name)
         seconds = time.perf_counter() - start
-        if result.returncode != 0:
-            lines = (result.stderr or result.stdout).strip().splitlines()
-            raise RuntimeError(f"variant {name} failed: {lines[-1] if lines else result.returncode}")
+        if returncode != 0:
+            raise RuntimeError(f"variant {name} failed: {last_line or f'exit code {returncode}'} (log: {log_path})")
         finished = read_run(folder, epochs)
         if finished is None:
             raise RuntimeError(f"variant {name}: {folder}/train_log.jsonl has no validation of epoch {epochs}")
@@ -112,6 +128,9 @@ def main(argv=None):
         options, names, train_flags = parse_flags(sys.argv[1:] if argv is None else argv)
         config = get_config(train_flags + ["--config_path", options.config_path])
         epochs = int(config.epochs)
+        if os.path.exists(options.work_dir) and not os.path.isdir(options.work_dir):
+            raise ConfigError(f"--work_dir {options.work_dir} is a file, not a folder")
+        os.makedirs(options.work_dir, exist_ok=True)
         results = {name: train_variant(name, options, train_flags, config) for name in names}
     except (ConfigError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)

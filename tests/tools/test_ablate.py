@@ -26,7 +26,7 @@ def test_a_finished_run_is_read_with_its_last_and_best_epochs(tmp_path):
 def test_existing_runs_are_not_trained_again_and_the_table_compares_with_full(tmp_path, capsys, monkeypatch):
     write_log(tmp_path / "full", [0.5, 0.62], epochs=2)
     write_log(tmp_path / "one_proposal", [0.4, 0.55], epochs=2)
-    monkeypatch.setattr(ablate.subprocess, "run", lambda *args, **kwargs: pytest.fail("trained again"))
+    monkeypatch.setattr(ablate.subprocess, "Popen", lambda *args, **kwargs: pytest.fail("trained again"))
     code = ablate.main(["--work_dir", str(tmp_path), "--variants", "full,one_proposal", "--epochs", "2",
                         "--json", str(tmp_path / "ablation.json")])
     assert code == 0
@@ -47,3 +47,22 @@ def test_lr_multiplier_variant_keeps_the_new_modules_at_the_configs_rate(tiny_co
     flags = ablate.variant_flags("lr_mult_10", tiny_config)
     assert flags == ["--new_param_lr_mult", "10", "--lr", repr(tiny_config.lr / 10)]
     assert ablate.variant_flags("no_aux_loss", tiny_config) == ["--loss_aux", "0"]
+
+
+def test_a_failing_variant_names_trains_error_and_its_log(tmp_path, capsys):
+    """train.py runs for real and stops on the missing data; its last line and the log's path are the error."""
+    missing = tmp_path / "no_records"
+    code = ablate.main(["--work_dir", str(tmp_path / "work"), "--variants", "full", "--mindrecord_dir", str(missing)])
+    assert code == 1
+    err = capsys.readouterr().err.strip()
+    log = tmp_path / "work" / "full.log"
+    assert err.startswith("error: variant full failed: ") and err.endswith(f"(log: {log})")
+    assert str(missing) in err and len(err.splitlines()) == 1
+    assert log.read_text().strip().splitlines()[-1].removeprefix("error: ") in err
+    assert "failed: error:" not in err
+
+
+def test_a_work_dir_that_is_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    assert ablate.main(["--work_dir", str(tmp_path / "file"), "--variants", "full"]) == 1
+    assert capsys.readouterr().err.strip() == f"error: --work_dir {tmp_path / 'file'} is a file, not a folder"
