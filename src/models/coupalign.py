@@ -18,7 +18,9 @@ class SentenceMaskAlignment(nn.Cell):
 
     def __init__(self, dim):
         super().__init__()
-        self.query_proj = nn.Dense(dim, dim)
+        # No bias: <b, L_g> is the same for every proposal, so softmax ignores it and its gradient is rounding
+        # noise, which Adam turns into lr-sized random steps (a resumed run then drifts from a straight one).
+        self.query_proj = nn.Dense(dim, dim, has_bias=False)
         self.scale = dim ** -0.5
 
     def construct(self, mask_queries, sentence, proposals):
