@@ -16,7 +16,7 @@ import sys
 import time
 
 from model_utils.config import ConfigError, get_config
-from src.files import atomic_path
+from src.files import atomic_path, check_output_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # name -> (what it removes or changes, the train.py overrides that do it: a string, or a function of the config)
@@ -128,11 +128,10 @@ def main(argv=None):
         options, names, train_flags = parse_flags(sys.argv[1:] if argv is None else argv)
         config = get_config(train_flags + ["--config_path", options.config_path])
         epochs = int(config.epochs)
-        if os.path.exists(options.work_dir) and not os.path.isdir(options.work_dir):
-            raise ConfigError(f"--work_dir {options.work_dir} is a file, not a folder")
+        check_output_folder(options.work_dir, "work_dir")
         os.makedirs(options.work_dir, exist_ok=True)
         results = {name: train_variant(name, options, train_flags, config) for name in names}
-    except (ConfigError, RuntimeError) as err:
+    except (ConfigError, RuntimeError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"val metrics (%) after epoch {epochs}, same seed and data for every variant:")
