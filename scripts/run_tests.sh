@@ -10,4 +10,4 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -r requirements.txt -r requirements-test.txt
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 GLOG_v=3
-.venv/bin/python -m pytest -q tests "$@"
+.venv/bin/python -m pytest -q --durations=25 tests "$@"
