@@ -14,6 +14,7 @@ import json
 import sys
 
 import numpy as np
+from tqdm import tqdm
 
 from model_utils.config import config_or_exit, run_or_exit
 from ..checkpoint import load_network_weights
@@ -92,9 +93,12 @@ class ImageObjects:
         self.images = refer.images
         self.objects = image_objects(refer.instances_path, {ref["image_id"] for ref in self.refs.values()})
         self.image_size = image_size
+        self._last = (None, None)  # evaluation reads a ref's sentences one after the other
 
     def others(self, ref_id):
         """(masks, same_category) of the objects of the ref's image other than its target."""
+        if self._last[0] == ref_id:
+            return self._last[1]
         ref = self.refs[ref_id]
         image = self.images[ref["image_id"]]
         masks, same = [], []
@@ -104,6 +108,7 @@ class ImageObjects:
             bits = segmentation_to_mask(segmentation, image["height"], image["width"])
             masks.append(mask_at_input(bits, self.image_size)[0] > 0.5)
             same.append(category == ref.get("category_id", -2))
+        self._last = (ref_id, (masks, same))
         return masks, same
 
 
@@ -112,8 +117,11 @@ def analyse_split(net, dataset, objects, examples):
     counts = collections.Counter()
     shown = collections.defaultdict(list)
     inter_total = union_total = 0
+    batches = dataset.create_dict_iterator(num_epochs=1)
     with raising_decode_errors():
-        for batch in dataset.create_dict_iterator(num_epochs=1):
+        # disable=None: a progress bar on a terminal, none in log files (as eval.py)
+        for batch in tqdm(batches, total=dataset.get_dataset_size(), desc="classify", file=sys.stdout, leave=False,
+                          disable=None):
             logits = net(batch["image"], batch["input_ids"], batch["attention_mask"]).asnumpy()
             preds, targets = logits[:, 0] > 0, batch["mask"].asnumpy()[:, 0] > 0.5
             inter, union = intersection_union(preds, targets)
