@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 
+from src.evaluation import DIAGNOSTICS
 from tests.commands.test_train import DETERMINISTIC_FLAGS, ENV, make_referring_set, read_params, run
 from tests.conftest import ROOT, TINY_CONFIG
 
@@ -95,8 +96,9 @@ def test_two_machines_train_to_identical_weights(two_machine_run):
 
 
 def test_validation_on_every_rank_equals_one_process_eval(two_machine_run, cluster_set):
-    """The all-gathered validation metrics of training (with the proposal diagnostics it logs) are those of
-    eval.py, to the last digit."""
+    """The all-gathered validation metrics of training are those of eval.py, to the last digit; the proposal
+    diagnostics it logs agree to 1e-6 (they are means of float32 network outputs, such as the SMA weights, which
+    the CPU kernels compute to the last bit only for the same batch: a rank's batches hold other samples)."""
     output, _ = two_machine_run
     _, flags = cluster_set
     records = [json.loads(line) for line in (output / "train_log.jsonl").read_text().splitlines()]
@@ -107,7 +109,12 @@ def test_validation_on_every_rank_equals_one_process_eval(two_machine_run, clust
          "--result_json", str(result_json), "--eval_diagnostics", "true"])
     one_process = json.loads(result_json.read_text())["val"]
     print(f"\nvalidation in the two-machine run: {validated[0]}\neval.py, one process:             {one_process}")
-    assert one_process == validated[0]
+    diagnostics = [name for name in one_process if name in DIAGNOSTICS]
+    assert len(diagnostics) == len(DIAGNOSTICS)
+    assert {name: value for name, value in one_process.items() if name not in diagnostics} == {
+        name: value for name, value in validated[0].items() if name not in diagnostics}
+    assert {name: one_process[name] for name in diagnostics} == pytest.approx(
+        {name: validated[0][name] for name in diagnostics}, abs=1e-6)
     assert 0 < one_process["oIoU"] < 1 and one_process["num_samples"] > 0
 
 
