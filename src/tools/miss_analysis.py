@@ -10,7 +10,6 @@ prediction that lands on an object without a ref or of another category; this re
 """
 import argparse
 import collections
-import json
 import sys
 
 import numpy as np
@@ -18,13 +17,13 @@ from tqdm import tqdm
 
 from model_utils.config import config_or_exit, run_or_exit
 from ..checkpoint import load_network_weights
-from ..commands.eval import parse_splits
+from ..commands.eval import parse_splits, write_json_atomic
 from ..context import setup_context
 from ..data.dataset import check_token_ids, create_dataset, mask_at_input, raising_decode_errors
 from ..data.json_stream import JsonStreamError, iter_array_items
 from ..data.refer import Refer, ReferError, segmentation_to_mask
 from ..evaluation import intersection_union, sample_ious
-from ..files import atomic_path, check_output_file
+from ..files import check_output_file
 from ..models.coupalign import CoupAlign
 
 WRONG_OBJECT_IOU = (0.1, 0.5)  # IoU below the first with the target and above the second with another object
@@ -177,8 +176,7 @@ def analyse(config, split="", examples=3):
     result = analyse_split(net, dataset, objects, examples)
     print(format_classes(split, result))
     if config.result_json:
-        with atomic_path(config.result_json) as temp, open(temp, "w", encoding="utf-8") as handle:
-            json.dump({split: result}, handle, indent=2)
+        write_json_atomic(config.result_json, {split: result})
         print(f"written to {config.result_json}")
     return result
 
