@@ -117,3 +117,20 @@ def test_training_wrappers_keep_the_network_parameter_names(tiny_config):
     step_names = {param.name for param in step.get_parameters()}
     assert names <= step_names
     assert "swin.patch_embed.proj.weight" in names
+
+
+def test_sma_weights_and_mask_by_hand():
+    from src.models.coupalign import SentenceMaskAlignment
+    rng = np.random.default_rng(0)
+    batch, count, dim, side = 2, 3, 4, 5
+    queries, sentence = rng.normal(size=(batch, count, dim)), rng.normal(size=(batch, dim))
+    proposals = rng.normal(size=(batch, count, side, side))
+    sma = SentenceMaskAlignment(dim)
+    mask, weights = sma(*(ms.Tensor(value.astype(np.float32)) for value in (queries, sentence, proposals)))
+    # softmax over the proposals of <W q_n, L_g> / sqrt(C), then M = sum_n w_n Y_n
+    scores = ((queries @ sma.query_proj.weight.asnumpy().T) * sentence[:, None]).sum(axis=2) / np.sqrt(dim)
+    expected = np.exp(scores - scores.max(axis=1, keepdims=True))
+    expected /= expected.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(weights.asnumpy(), expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(mask.asnumpy()[:, 0], (expected[:, :, None, None] * proposals).sum(axis=1),
+                               rtol=1e-4, atol=1e-5)
