@@ -2,6 +2,7 @@
 before long work, checksums."""
 import contextlib
 import hashlib
+import json
 import os
 
 
@@ -23,6 +24,12 @@ def atomic_path(path, suffix=".tmp"):
     finally:
         if os.path.exists(temp):
             os.remove(temp)
+
+
+def write_json_atomic(path, data, indent=2):
+    """`data` as JSON at `path`, written atomically (see atomic_path)."""
+    with atomic_path(path) as temp, open(temp, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=indent)
 
 
 def _nearest_existing(path):

@@ -1,12 +1,11 @@
 """eval.py: metrics of a checkpoint on one or several splits, a table and a JSON file."""
 import contextlib
-import json
 
 from ..checkpoint import load_network_weights
 from ..context import setup_context
 from ..data.dataset import check_token_ids, create_dataset
 from ..evaluation import evaluate_split, flat_results, format_table, resolutions_of
-from ..files import atomic_path, check_output_file
+from ..files import atomic_path, check_output_file, write_json_atomic
 from ..models.coupalign import CoupAlign
 from ..parallel import RankGroup
 
@@ -35,11 +34,6 @@ def per_sample_writer(path):
         return
     with atomic_path(path, suffix=".jsonl") as temp, open(temp, "w", encoding="utf-8") as handle:
         yield handle
-
-
-def write_json_atomic(path, data):
-    with atomic_path(path) as temp, open(temp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2)
 
 
 def resolution_note(config, resolutions):

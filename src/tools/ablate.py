@@ -16,7 +16,7 @@ import sys
 import time
 
 from model_utils.config import ConfigError, get_config
-from src.files import atomic_path, check_output_folder
+from src.files import check_output_folder, write_json_atomic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # name -> (what it removes or changes, the train.py overrides that do it: a string, or a function of the config)
@@ -137,8 +137,7 @@ def main(argv=None):
     print(f"val metrics (%) after epoch {epochs}, same seed and data for every variant:")
     print(table(results))
     if options.json:
-        with atomic_path(options.json) as temp, open(temp, "w", encoding="utf-8") as handle:
-            json.dump(results, handle, indent=1)
+        write_json_atomic(options.json, results, indent=1)
     return 0
 
 

@@ -17,13 +17,13 @@ from tqdm import tqdm
 
 from model_utils.config import config_or_exit, run_or_exit
 from ..checkpoint import load_network_weights
-from ..commands.eval import parse_splits, write_json_atomic
+from ..commands.eval import parse_splits
 from ..context import setup_context
 from ..data.dataset import check_token_ids, create_dataset, mask_at_input, raising_decode_errors
 from ..data.json_stream import JsonStreamError, iter_array_items
 from ..data.refer import Refer, ReferError, segmentation_to_mask
 from ..evaluation import intersection_union, sample_ious
-from ..files import check_output_file
+from ..files import check_output_file, write_json_atomic
 from ..models.coupalign import CoupAlign
 
 WRONG_OBJECT_IOU = (0.1, 0.5)  # IoU below the first with the target and above the second with another object
