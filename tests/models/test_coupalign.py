@@ -6,7 +6,7 @@ import mindspore as ms
 import mindspore.nn as nn
 
 from src.engine.train_step import TrainStep
-from src.models.coupalign import CoupAlign
+from src.models.coupalign import CoupAlign, SentenceMaskAlignment
 from src.models.losses import CoupAlignWithLoss
 from tests.conftest import make_batch
 
@@ -120,7 +120,6 @@ def test_training_wrappers_keep_the_network_parameter_names(tiny_config):
 
 
 def test_sma_weights_and_mask_by_hand():
-    from src.models.coupalign import SentenceMaskAlignment
     rng = np.random.default_rng(0)
     batch, count, dim, side = 2, 3, 4, 5
     queries, sentence = rng.normal(size=(batch, count, dim)), rng.normal(size=(batch, dim))
