@@ -1,4 +1,5 @@
-"""Segmentation (BCE + Dice), auxiliary foreground/background contrastive and matched-proposal losses."""
+"""Segmentation (BCE + Dice), auxiliary foreground/background contrastive and matched-proposal losses, and the
+same mask losses after the earlier decoder layers (deep supervision)."""
 import mindspore as ms
 import mindspore.nn as nn
 import mindspore.ops as ops
@@ -100,7 +101,7 @@ def selection_loss(weights, proposals, target):
 
 
 class CoupAlignWithLoss(nn.Cell):
-    """Training wrapper. image, ids, mask, gt (B, 1, S, S) -> total, (bce, dice, aux, proposal)"""
+    """Training wrapper. image, ids, mask, gt (B, 1, S, S) -> total, (bce, dice, aux, proposal) of the last layer"""
 
     def __init__(self, network, config):
         # No prefix: checkpoints of the training cell keep the network's own names (swin.*, bert.*, ...).
@@ -112,6 +113,7 @@ class CoupAlignWithLoss(nn.Cell):
         self.temperature = config.aux_temperature
         self.proposal_weight = config.loss_proposal
         self.selection_weight = config.loss_selection
+        self.deep_weight = config.loss_deep_supervision
         self.aux_proj = nn.Dense(config.decoder_dim, config.decoder_dim)
         # auto_prefix=False would leave it the bare names weight / bias in checkpoints.
         self.aux_proj.update_parameters_name("aux_proj.")
@@ -120,26 +122,37 @@ class CoupAlignWithLoss(nn.Cell):
         """The network's pretrained encoder Cells; `aux_proj` is new, like the decoder."""
         return self.network.pretrained_encoders()
 
-    def construct(self, image, input_ids, attention_mask, gt_mask):
-        outputs = self.network.forward_train(image, input_ids, attention_mask)
-        sentence, pixel_embed = outputs["sentence"], outputs["pixel_embed"]
-        logits = self.network.upsample(outputs["low_res_mask"])
-        gt_mask = gt_mask.astype(logits.dtype)
-        bce = bce_with_logits(logits.astype(ms.float32), gt_mask.astype(ms.float32))
-        dice = dice_loss(logits.astype(ms.float32), gt_mask.astype(ms.float32))
-        coverage = mask_coverage(gt_mask.astype(ms.float32), pixel_embed.shape[2:])
-        # The contrast needs a hard split: a cell is foreground when the object covers at least half of it.
-        foreground = (coverage >= 0.5).astype(ms.float32)
-        aux = foreground_contrast_loss(pixel_embed.astype(ms.float32), self.aux_proj(sentence.astype(ms.float32)),
-                                       foreground, self.temperature)
-        total = self.bce_weight * bce + self.dice_weight * dice + self.aux_weight * aux
+    def mask_losses(self, low_res_mask, weights, proposals, gt_mask, coverage):
+        """The weighted BCE + Dice of M at the input size and the proposal and selection losses of one
+        decoder layer's outputs -> total, bce, dice, proposal (matched + selection, unweighted)"""
+        logits = self.network.upsample(low_res_mask).astype(ms.float32)
+        bce = bce_with_logits(logits, gt_mask)
+        dice = dice_loss(logits, gt_mask)
+        total = self.bce_weight * bce + self.dice_weight * dice
         proposal = ops.zeros((), ms.float32)
-        proposals = outputs["proposals"].astype(ms.float32)
+        proposals = proposals.astype(ms.float32)
         if self.proposal_weight > 0:
             proposal = matched_proposal_loss(proposals, coverage)
             total = total + self.proposal_weight * proposal
         if self.selection_weight > 0:
-            selection = selection_loss(outputs["weights"].astype(ms.float32), proposals, coverage)
+            selection = selection_loss(weights.astype(ms.float32), proposals, coverage)
             proposal = proposal + selection
             total = total + self.selection_weight * selection
+        return total, bce, dice, proposal
+
+    def construct(self, image, input_ids, attention_mask, gt_mask):
+        outputs = self.network.forward_train(image, input_ids, attention_mask, self.deep_weight > 0)
+        sentence, pixel_embed = outputs["sentence"], outputs["pixel_embed"]
+        gt_mask = gt_mask.astype(ms.float32)
+        coverage = mask_coverage(gt_mask, pixel_embed.shape[2:])
+        total, bce, dice, proposal = self.mask_losses(outputs["low_res_mask"], outputs["weights"],
+                                                      outputs["proposals"], gt_mask, coverage)
+        # The contrast needs a hard split: a cell is foreground when the object covers at least half of it.
+        foreground = (coverage >= 0.5).astype(ms.float32)
+        aux = foreground_contrast_loss(pixel_embed.astype(ms.float32), self.aux_proj(sentence.astype(ms.float32)),
+                                       foreground, self.temperature)
+        total = total + self.aux_weight * aux
+        for layer_mask, layer_weights, layer_proposals in outputs["earlier_layers"]:
+            total = total + self.deep_weight * self.mask_losses(layer_mask, layer_weights, layer_proposals,
+                                                                gt_mask, coverage)[0]
         return total, bce, dice, aux, proposal

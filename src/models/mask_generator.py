@@ -79,7 +79,8 @@ class QueryDecoderLayer(nn.Cell):
 
 
 class MaskGenerator(nn.Cell):
-    """Fused maps -> mask embeddings Q_o (B, N, C), proposals Y_N (B, N, H_1, W_1), pixel embeddings P."""
+    """Fused maps -> mask embeddings Q_o (B, N, C), proposals Y_N (B, N, H_1, W_1), pixel embeddings P, and the
+    (Q_o, Y_N) of the earlier decoder layers when asked for."""
 
     def __init__(self, in_dims, resolutions, dim, num_queries, num_layers, num_heads, ffn_dim,
                  groups, dropout=0.0, cpu_kernels=True):
@@ -103,7 +104,16 @@ class MaskGenerator(nn.Cell):
                                              nn.Dense(dim, dim)])
         self.matmul = ops.BatchMatMul()
 
-    def construct(self, features):
+    def proposals_of(self, queries, pixel_embed):
+        """Queries after a decoder layer (B, N, C), P (B, C, h, w) -> Q_o (B, N, C), Y_N (B, N, h, w)"""
+        batch, dim, height, width = pixel_embed.shape
+        mask_queries = self.norm(queries)
+        proposals = self.matmul(self.mask_embed(mask_queries), pixel_embed.reshape(batch, dim, height * width))
+        return mask_queries, proposals.reshape(batch, self.num_queries, height, width)
+
+    def construct(self, features, intermediate=False):
+        """With `intermediate` (a constant), also (Q_o, Y_N) after every decoder layer but the last, for deep
+        supervision; else that tuple is empty."""
         pixel_embed, memory_maps = self.pixel_decoder(features)
         batch, dim = pixel_embed.shape[0], pixel_embed.shape[1]
         memory = ()
@@ -112,13 +122,14 @@ class MaskGenerator(nn.Cell):
             memory = memory + (flat + broadcast_as(self.level_embed[index], flat),)
         queries = ops.broadcast_to(self.query_feat[None], (batch, self.num_queries, dim))
         query_pos = ops.broadcast_to(self.query_pos[None], (batch, self.num_queries, dim))
+        earlier = ()
         for index in range(self.num_layers):
             scale = index % self.num_scales
             queries = self.layers[index](queries, query_pos, memory[scale], self.memory_pos[scale])
-        mask_queries = self.norm(queries)
-        height, width = pixel_embed.shape[2], pixel_embed.shape[3]
-        proposals = self.matmul(self.mask_embed(mask_queries), pixel_embed.reshape(batch, dim, height * width))
-        return mask_queries, proposals.reshape(batch, self.num_queries, height, width), pixel_embed
+            if intermediate and index < self.num_layers - 1:
+                earlier = earlier + (self.proposals_of(queries, pixel_embed),)
+        mask_queries, proposals = self.proposals_of(queries, pixel_embed)
+        return mask_queries, proposals, pixel_embed, earlier
 
     def no_weight_decay(self):
         return {"level_embed", "query_feat", "query_pos"}
