@@ -33,6 +33,7 @@ VARIANTS = {
     "no_selection_loss": ("proposal supervision without the SMA selection loss", {"loss_selection": "0"}),
     "no_sma_geometry": ("SMA without the proposals' geometry (the paper's SMA: queries and sentence only)",
                         {"sma_geometry": "false"}),
+    "no_deep_supervision": ("mask losses on the last decoder layer only", {"loss_deep_supervision": "0"}),
     "lr_mult_10": ("new_param_lr_mult 10: fusion and decoder at the config's lr, encoders at a tenth of it",
                    {"new_param_lr_mult": "10", "lr": lambda config: repr(config.lr / 10)}),
     "no_warmup": ("no learning-rate warm-up", {"warmup_epochs": "0"}),
