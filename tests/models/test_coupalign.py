@@ -218,9 +218,10 @@ def test_deep_supervision_adds_the_mask_losses_of_the_earlier_layer(tiny_config)
     ms.set_seed(4)
     net = CoupAlign.from_config(tiny_config)
     net.set_train(False)
-    deep_config = tiny_config.copy()
+    plain_config, deep_config = tiny_config.copy(), tiny_config.copy()
+    plain_config.loss_deep_supervision = 0.0
     deep_config.loss_deep_supervision = 0.5
-    plain_loss, deep_loss = CoupAlignWithLoss(net, tiny_config), CoupAlignWithLoss(net, deep_config)
+    plain_loss, deep_loss = CoupAlignWithLoss(net, plain_config), CoupAlignWithLoss(net, deep_config)
     for plain_param, deep_param in zip(plain_loss.aux_proj.get_parameters(), deep_loss.aux_proj.get_parameters()):
         deep_param.set_data(plain_param.value())
     image, input_ids, attention_mask, gt = make_batch(tiny_config, batch=2, seed=5)
