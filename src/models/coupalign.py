@@ -58,9 +58,10 @@ class SentenceMaskAlignment(nn.Cell):
         self.geometry = None
         if resolution is not None:
             self.geometry = ProposalGeometry(resolution)
-            # Zero last layer: at step 0 the weights are those without geometry.
+            # Zero last layer: at step 0 the weights are those without geometry. No bias there, for the
+            # reason query_proj has none: it would add the same score to every proposal.
             self.geometry_embed = nn.SequentialCell([nn.Dense(5, dim), nn.ReLU(),
-                                                     nn.Dense(dim, dim, weight_init="zeros")])
+                                                     nn.Dense(dim, dim, weight_init="zeros", has_bias=False)])
 
     def construct(self, mask_queries, sentence, proposals):
         if self.geometry is not None:

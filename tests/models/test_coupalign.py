@@ -184,11 +184,10 @@ def test_sma_geometry_lets_the_weights_depend_on_where_the_masks_lie():
     np.testing.assert_allclose(sma(*tensors)[1].asnumpy(), plain(*tensors)[1].asnumpy(), rtol=1e-5, atol=1e-6)
     last = sma.geometry_embed[2]
     last.weight.set_data(ms.Tensor(rng.normal(size=(dim, dim)).astype(np.float32)))
-    last.bias.set_data(ms.Tensor(rng.normal(size=(dim,)).astype(np.float32)))
     mask, weights = sma(*tensors)
     first = sma.geometry_embed[0]
     hidden = np.maximum(_geometry_by_hand(proposals) @ first.weight.asnumpy().T + first.bias.asnumpy(), 0.0)
-    described = queries + hidden @ last.weight.asnumpy().T + last.bias.asnumpy()
+    described = queries + hidden @ last.weight.asnumpy().T
     scores = ((described @ sma.query_proj.weight.asnumpy().T) * sentence[:, None]).sum(axis=2) / np.sqrt(dim)
     expected = np.exp(scores - scores.max(axis=1, keepdims=True))
     expected /= expected.sum(axis=1, keepdims=True)
