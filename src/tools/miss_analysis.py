@@ -40,8 +40,8 @@ MISS_CLASSES = {
 
 
 def _iou(a, b):
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 0.0
+    """IoU of two masks (S, S), 0 when both are empty (as in evaluation)."""
+    return float(sample_ious(*intersection_union(a[None], b[None]))[0])
 
 
 def classify_miss(pred, target, others, same_category):
