@@ -21,24 +21,26 @@ DATA=$WORK/data
 RECORDS=$WORK/mindrecord
 OUT=$WORK/output
 COMMON=(--config_path "$CONFIG" --mindrecord_dir "$RECORDS" --vocab_file "$DATA/vocab.txt")
+# Each step is announced with the seconds spent so far (installation included), to show where the time goes.
+step() { echo "== $1  [$(( $(date +%s) - START )) s]"; }
 
-echo "== 1/7 writing the synthetic referring set to $DATA"
+step "1/7 writing the synthetic referring set to $DATA"
 "$PY" -m src.data.synthetic --out "$DATA" --images 2000
-echo "== 2/7 converting it to MindRecord in $RECORDS"
+step "2/7 converting it to MindRecord in $RECORDS"
 "$PY" -m src.data.build_mindrecord "${COMMON[@]}" --refer_data_root "$DATA" --image_root "$DATA/images" \
     --dataset refcoco --split_by unc
-echo "== 3/7 training the tiny model (checkpoints in $OUT)"
+step "3/7 training the tiny model (checkpoints in $OUT)"
 "$PY" train.py "${COMMON[@]}" --output_dir "$OUT"
-echo "== 4/7 evaluating $OUT/best.ckpt on val, testA, testB"
+step "4/7 evaluating $OUT/best.ckpt on val, testA, testB"
 "$PY" eval.py "${COMMON[@]}" --ckpt_path "$OUT/best.ckpt" --eval_splits val,testA,testB \
     --result_json "$OUT/eval_results.json"
-echo "== 5/7 exporting MINDIR"
+step "5/7 exporting MINDIR"
 "$PY" export.py "${COMMON[@]}" --ckpt_path "$OUT/best.ckpt" --file_name "$OUT/coupalign_tiny" --file_format MINDIR
-echo "== 6/7 predicting one validation sentence"
+step "6/7 predicting one validation sentence"
 read -r IMAGE SENTENCE < <("$PY" -m src.data.synthetic --out "$DATA" --print_example val)
 "$PY" predict.py "${COMMON[@]}" --ckpt_path "$OUT/best.ckpt" --image "$IMAGE" --sentence "$SENTENCE" \
     --output "$OUT/prediction.png"
-echo "== 7/7 contact sheet of the first 8 validation refs (in val order, not chosen by score)"
+step "7/7 contact sheet of the first 8 validation refs (in val order, not chosen by score)"
 "$PY" -m src.tools.contact_sheet "${COMMON[@]}" --ckpt_path "$OUT/best.ckpt" --eval_split val --num_examples 8 \
     --output "$OUT/quickstart_contact_sheet.png"
 echo
